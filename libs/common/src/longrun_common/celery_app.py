@@ -1,0 +1,42 @@
+"""The Celery app factory, configured for long jobs."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from .keys import Keys
+from .settings import Settings
+
+QUEUES = ("default", "high", "low")
+
+
+def create_celery(settings: Settings, *, name: str = "longrun") -> Celery:
+    """A Celery app on the configured Redis, with every queue and key under the Longrun prefix."""
+    keys = Keys(settings.key_prefix)
+    app = Celery(name, broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        # Long jobs: take one at a time, acknowledge after running, give a lost worker's job back.
+        worker_prefetch_multiplier=1,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
+        broker_transport_options={
+            # Above the longest allowed job, so Redis never redelivers a job that is still running;
+            # a lost worker is noticed by the lease reaper in seconds instead.
+            "visibility_timeout": settings.visibility_timeout,
+            "global_keyprefix": f"{settings.key_prefix}:celery:",
+        },
+        broker_connection_retry_on_startup=True,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=keys.queue(settings.default_queue),
+        task_queues=[Queue(keys.queue(name)) for name in QUEUES],
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        broker_channel_error_retry=True,
+    )
+    return app

@@ -1,0 +1,168 @@
+"""The progress publisher: one atomic Redis operation per event.
+
+One Lua script fences stale attempts, bumps `seq`, updates the snapshot hash, XADDs the event to the job's
+stream under entry id `{seq}-0` (so replay is a plain XRANGE by seq), PUBLISHes it, and renews or drops the
+job's lease. Because it is one script, a reader can never see a seq in the hash that is missing from the
+stream, and two writers can never hand out the same seq.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from .events import JobError, Progress, dumps, now
+from .keys import Keys
+from .states import JobStatus
+
+# Return codes besides a seq (>= 1).
+FENCED = -1  # an older attempt, or the same attempt after the job already ended
+LEASE_KEEP = -1.0  # leave the lease as it is
+LEASE_DROP = 0.0  # remove the lease (job no longer running)
+
+_SCRIPT = """
+local attempt = tonumber(ARGV[1])
+local cur_attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
+local cur_status = redis.call('HGET', KEYS[1], 'status')
+local terminal = cur_status == 'succeeded' or cur_status == 'failed' or cur_status == 'cancelled'
+if attempt < cur_attempt or (attempt == cur_attempt and terminal and ARGV[7] ~= '1') then
+  return {-1, 0}
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local event = '{"seq":' .. seq .. ',' .. string.sub(ARGV[2], 2)
+redis.call('HSET', KEYS[1], 'attempt', attempt, 'event', event, unpack(ARGV, 8))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', event)
+redis.call('PUBLISH', KEYS[3], event)
+local lease = tonumber(ARGV[5])
+if lease == 0 then
+  redis.call('ZREM', KEYS[4], ARGV[6])
+elseif lease > 0 then
+  redis.call('ZADD', KEYS[4], lease, ARGV[6])
+end
+local ttl = tonumber(ARGV[4])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+else
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[2])
+end
+local cancel = redis.call('HGET', KEYS[1], 'cancel') == '1' and 1 or 0
+return {seq, cancel}
+"""
+
+# Renew a lease only while the attempt is current and the job still runs; report a cancel request.
+_HEARTBEAT = """
+local cur_attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
+if tonumber(ARGV[1]) < cur_attempt or redis.call('HGET', KEYS[1], 'status') ~= 'running' then
+  return -1
+end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+return redis.call('HGET', KEYS[1], 'cancel') == '1' and 1 or 0
+"""
+
+
+@dataclass(frozen=True)
+class Published:
+    """What one publish did: the event's seq (or FENCED) and whether a cancel was requested."""
+
+    seq: int
+    cancel_requested: bool
+
+    @property
+    def fenced(self) -> bool:
+        return self.seq == FENCED
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """Everything one event changes; turned into the script's arguments by `_script_args`."""
+
+    job_id: str
+    type: str
+    status: JobStatus
+    attempt: int
+    progress: Progress | None = None
+    error: JobError | None = None
+    result: Any = None
+    next_retry_at: float | None = None
+    fields: dict[str, str] | None = None
+    lease_until: float = LEASE_KEEP
+    allow_after_terminal: bool = False
+    ts: float | None = None
+
+
+class Publisher:
+    """Publishes job events for one key prefix. Works with a sync or an asyncio Redis client."""
+
+    def __init__(self, keys: Keys, *, stream_maxlen: int = 1000, event_ttl_seconds: int = 7 * 24 * 3600):
+        self.keys = keys
+        self.stream_maxlen = stream_maxlen
+        self.event_ttl_seconds = event_ttl_seconds
+
+    def _script_args(self, spec: EventSpec) -> tuple[list[str], list[Any]]:
+        ts = spec.ts if spec.ts is not None else now()
+        progress = spec.progress or Progress()
+        body: dict[str, Any] = {
+            "type": spec.type,
+            "job_id": spec.job_id,
+            "ts": ts,
+            "status": spec.status.value,
+            "progress": progress.model_dump(mode="json", exclude_none=True),
+            "attempt": spec.attempt,
+        }
+        fields: dict[str, str] = {
+            "status": spec.status.value,
+            "ts": repr(ts),
+            "updated_at": repr(ts),
+            "progress": dumps(body["progress"]),
+        }
+        if spec.error is not None:
+            body["error"] = spec.error.model_dump(mode="json", exclude_none=True, exclude={"traceback"})
+            fields["error"] = dumps(body["error"])
+        if spec.result is not None:
+            body["result"] = spec.result
+            fields["result"] = dumps(spec.result)
+        if spec.next_retry_at is not None:
+            body["next_retry_at"] = spec.next_retry_at
+            fields["next_retry_at"] = repr(spec.next_retry_at)
+        fields.update(spec.fields or {})
+        ttl = self.event_ttl_seconds if spec.status.terminal else 0
+        keys = [
+            self.keys.job(spec.job_id),
+            self.keys.stream(spec.job_id),
+            self.keys.channel(spec.job_id),
+            self.keys.leases(),
+        ]
+        args: list[Any] = [
+            spec.attempt,
+            dumps(body),
+            self.stream_maxlen,
+            ttl,
+            spec.lease_until,
+            spec.job_id,
+            "1" if spec.allow_after_terminal else "0",
+        ]
+        for name, value in fields.items():
+            args.extend((name, value))
+        return keys, args
+
+    def publish(self, client: redis.Redis, spec: EventSpec) -> Published:
+        """Publish one event atomically (sync client)."""
+        keys, args = self._script_args(spec)
+        seq, cancel = client.register_script(_SCRIPT)(keys=keys, args=args)
+        return Published(int(seq), bool(cancel))
+
+    async def apublish(self, client: aioredis.Redis, spec: EventSpec) -> Published:
+        """Publish one event atomically (asyncio client)."""
+        keys, args = self._script_args(spec)
+        seq, cancel = await client.register_script(_SCRIPT)(keys=keys, args=args)
+        return Published(int(seq), bool(cancel))
+
+    def heartbeat(self, client: redis.Redis, job_id: str, attempt: int, lease_until: float) -> int:
+        """Renew a running attempt's lease: 1 = cancel requested, 0 = keep going, -1 = fenced off."""
+        script = client.register_script(_HEARTBEAT)
+        return int(script(keys=[self.keys.job(job_id), self.keys.leases()], args=[attempt, lease_until, job_id]))

@@ -1,0 +1,83 @@
+"""Settings for every Longrun process, read from `LONGRUN_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_API_KEYS = "dev:dev-key"
+DEV_TOKEN_SECRET = "longrun-dev-token-secret-change-me-in-production"
+
+
+class Settings(BaseSettings):
+    """One name per setting, as ../shared/DESIGN.md lists them; extras are Longrun-internal tuning."""
+
+    model_config = SettingsConfigDict(env_prefix="LONGRUN_", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "sqlite:///./var/longrun.db"
+    api_keys: str = ""
+    token_secret: str = ""
+    gateway_port: int = 8000
+    hub_port: int = 8001
+    hub_public_url: str = "http://127.0.0.1:8001"
+    storage_dir: str = "./var/files"
+
+    # Internal tuning (documented in the README; safe defaults).
+    key_prefix: str = Field("longrun", description="prefix of every Redis key and Celery queue Longrun owns")
+    stream_maxlen: int = Field(1000, ge=10, description="events kept per job stream for replay")
+    event_ttl_seconds: int = Field(7 * 24 * 3600, ge=60, description="how long a finished job's events live")
+    progress_interval: float = Field(0.05, ge=0, le=10, description="reporter coalescing interval, seconds")
+    sql_progress_interval: float = Field(1.0, ge=0, description="how often progress reaches SQL, seconds")
+    token_ttl_seconds: int = Field(3600, ge=10, le=7 * 24 * 3600)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest JSON request body")
+    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="largest uploaded file")
+    long_poll_max_seconds: float = Field(60.0, gt=0)
+    lease_seconds: float = Field(10.0, gt=0, description="a running job's lease; renewed by reports")
+    visibility_timeout: int = Field(24 * 3600 + 600, description="above the longest allowed job")
+    worker_max_tasks_per_child: int = 200
+    default_queue: str = "default"
+
+    @field_validator("hub_public_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _dev_defaults(self) -> Settings:
+        if self.env == "production":
+            if not self.api_keys or self.api_keys == DEV_API_KEYS:
+                raise ValueError("LONGRUN_API_KEYS must be set to real keys when LONGRUN_ENV=production")
+            if not self.token_secret or self.token_secret == DEV_TOKEN_SECRET:
+                raise ValueError("LONGRUN_TOKEN_SECRET must be set to a real secret when LONGRUN_ENV=production")
+            if len(self.token_secret) < 32:
+                raise ValueError("LONGRUN_TOKEN_SECRET must be at least 32 characters in production")
+        else:
+            self.api_keys = self.api_keys or DEV_API_KEYS
+            self.token_secret = self.token_secret or DEV_TOKEN_SECRET
+        self.tenant_by_key  # parse now so a malformed value fails at start-up, not on first request
+        return self
+
+    @cached_property
+    def tenant_by_key(self) -> dict[str, str]:
+        """API key → tenant, parsed from `tenant:key[,tenant:key…]`."""
+        result: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in self.api_keys.split(","))):
+            tenant, sep, key = item.partition(":")
+            if not sep or not tenant.strip() or not key.strip():
+                raise ValueError(f"LONGRUN_API_KEYS entry {item!r} is not of the form tenant:key")
+            result[key.strip()] = tenant.strip()
+        return result
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL with the psycopg3 driver spelled out for PostgreSQL."""
+        url = self.database_url
+        for plain in ("postgresql://", "postgres://"):
+            if url.startswith(plain):
+                return "postgresql+psycopg://" + url[len(plain) :]
+        return url
