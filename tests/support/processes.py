@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -81,10 +82,8 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.signal_group(signal.SIGKILL)
                 self.process.wait(10)
-        try:  # children may outlive a SIGKILLed parent; sweep the group
+        with contextlib.suppress(ProcessLookupError):  # children may outlive their parent; sweep the group
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def service_env(overrides: dict[str, str]) -> dict[str, str]:

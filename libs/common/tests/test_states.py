@@ -19,7 +19,9 @@ def test_legal(current: str, target: str) -> None:
     assert check_transition(current, target) == JobStatus(target)
 
 
-@pytest.mark.parametrize(("current", "target"), [("succeeded", "running"), ("failed", "queued"), ("queued", "succeeded")])
+@pytest.mark.parametrize(
+    ("current", "target"), [("succeeded", "running"), ("failed", "queued"), ("queued", "succeeded")]
+)
 def test_illegal(current: str, target: str) -> None:
     with pytest.raises(IllegalTransition, match=f"cannot go from {current} to {target}"):
         check_transition(current, target)

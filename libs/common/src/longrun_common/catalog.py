@@ -36,7 +36,7 @@ class TaskPolicy(BaseModel):
         if self.backoff_jitter:
             # Jitter between half and the full delay: spreads a thundering herd, keeps the order of magnitude.
             delay *= 0.5 + (rng or random).random() * 0.5
-        return delay
+        return float(delay)
 
     def retries(self, error_type: str) -> bool:
         return error_type in self.retry_on

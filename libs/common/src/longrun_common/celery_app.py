@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Queue  # type: ignore[attr-defined]
 
 from .keys import Keys
 from .settings import Settings
@@ -32,7 +32,7 @@ def create_celery(settings: Settings, *, name: str = "longrun") -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_default_queue=keys.queue(settings.default_queue),
-        task_queues=[Queue(keys.queue(name)) for name in QUEUES],
+        task_queues=[Queue(keys.queue(name)) for name in QUEUES],  # type: ignore[no-untyped-call]
         task_send_sent_event=True,
         worker_send_task_events=True,
         worker_hijack_root_logger=False,

@@ -102,6 +102,19 @@ class Publisher:
         self.keys = keys
         self.stream_maxlen = stream_maxlen
         self.event_ttl_seconds = event_ttl_seconds
+        # Scripts are registered once (SHA computed once) and called with whichever client is passed.
+        self._sync: dict[str, Any] = {}
+        self._async: dict[str, Any] = {}
+
+    def _script(self, client: redis.Redis[bytes], source: str) -> Any:
+        if source not in self._sync:
+            self._sync[source] = client.register_script(source)
+        return self._sync[source]
+
+    def _ascript(self, client: aioredis.Redis[bytes], source: str) -> Any:
+        if source not in self._async:
+            self._async[source] = client.register_script(source)
+        return self._async[source]
 
     def _script_args(self, spec: EventSpec) -> tuple[list[str], list[Any]]:
         ts = spec.ts if spec.ts is not None else now()
@@ -150,19 +163,20 @@ class Publisher:
             args.extend((name, value))
         return keys, args
 
-    def publish(self, client: redis.Redis, spec: EventSpec) -> Published:
+    def publish(self, client: redis.Redis[bytes], spec: EventSpec) -> Published:
         """Publish one event atomically (sync client)."""
         keys, args = self._script_args(spec)
-        seq, cancel = client.register_script(_SCRIPT)(keys=keys, args=args)
+        seq, cancel = self._script(client, _SCRIPT)(keys=keys, args=args, client=client)
         return Published(int(seq), bool(cancel))
 
-    async def apublish(self, client: aioredis.Redis, spec: EventSpec) -> Published:
+    async def apublish(self, client: aioredis.Redis[bytes], spec: EventSpec) -> Published:
         """Publish one event atomically (asyncio client)."""
         keys, args = self._script_args(spec)
-        seq, cancel = await client.register_script(_SCRIPT)(keys=keys, args=args)
+        seq, cancel = await self._ascript(client, _SCRIPT)(keys=keys, args=args, client=client)
         return Published(int(seq), bool(cancel))
 
-    def heartbeat(self, client: redis.Redis, job_id: str, attempt: int, lease_until: float) -> int:
+    def heartbeat(self, client: redis.Redis[bytes], job_id: str, attempt: int, lease_until: float) -> int:
         """Renew a running attempt's lease: 1 = cancel requested, 0 = keep going, -1 = fenced off."""
-        script = client.register_script(_HEARTBEAT)
-        return int(script(keys=[self.keys.job(job_id), self.keys.leases()], args=[attempt, lease_until, job_id]))
+        script = self._script(client, _HEARTBEAT)
+        keys = [self.keys.job(job_id), self.keys.leases()]
+        return int(script(keys=keys, args=[attempt, lease_until, job_id], client=client))

@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         else:
             self.api_keys = self.api_keys or DEV_API_KEYS
             self.token_secret = self.token_secret or DEV_TOKEN_SECRET
-        self.tenant_by_key  # parse now so a malformed value fails at start-up, not on first request
+        _ = self.tenant_by_key  # parse now so a malformed value fails at start-up, not on first request
         return self
 
     @cached_property

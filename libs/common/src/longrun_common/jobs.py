@@ -1,0 +1,221 @@
+"""Job state changes that touch SQL and Redis together: submit, cancel, requeue, and fenced transitions.
+
+Order of writes: SQL first (the system of record), then the event (Redis), then any Celery message. A crash
+between them leaves SQL ahead of Redis, which the reconciler repairs; never the reverse.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+from celery import Celery
+from sqlalchemy import Engine, update
+from sqlmodel import Session, col, delete, select
+
+from .catalog import TaskPolicy
+from .dispatch import send_job
+from .events import JobError, Progress, now
+from .keys import Keys
+from .models import DeadLetter, IdempotencyKey, Job, TaskRecord, utcnow
+from .publisher import LEASE_DROP, EventSpec, Published, Publisher
+from .states import TERMINAL, JobStatus, check_transition
+
+log = logging.getLogger(__name__)
+
+ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value, JobStatus.RETRYING.value)
+
+
+def epoch(value: datetime | None) -> str:
+    return repr(value.timestamp()) if value else ""
+
+
+def creation_fields(job: Job) -> dict[str, str]:
+    """Hash fields set once per job so the hub can describe it without SQL."""
+    return {
+        "tenant": job.tenant,
+        "task": job.task,
+        "queue": job.queue,
+        "priority": str(job.priority),
+        "max_attempts": str(job.max_attempts),
+        "created_at": epoch(job.created_at),
+    }
+
+
+@dataclass
+class JobStore:
+    """SQL + Redis + Celery for job state changes; one per process."""
+
+    engine: Engine
+    redis: redis.Redis[bytes]
+    keys: Keys
+    publisher: Publisher
+    celery: Celery | None = None
+
+    # --- submission -------------------------------------------------------------------------------------
+
+    def submit(self, job: Job, idempotency: IdempotencyKey | None = None) -> Job:
+        """Commit the job row (and its idempotency key), then publish `queued` and the Celery message.
+
+        If Redis is down after the commit the job is still accepted: the reconciler publishes it later.
+        """
+        with Session(self.engine) as session:
+            session.add(job)
+            if idempotency is not None:
+                session.add(idempotency)
+            session.commit()
+            session.refresh(job)
+        try:
+            self.announce(job)
+        except redis.RedisError:
+            log.warning("job %s accepted but not yet published (Redis unavailable); reconciler will", job.id)
+        return job
+
+    def announce(self, job: Job) -> Published:
+        """Publish the job's `queued` event and send its message (also used by the reconciler)."""
+        published = self.publisher.publish(
+            self.redis,
+            EventSpec(job.id, "status", JobStatus.QUEUED, job.attempt, fields=creation_fields(job)),
+        )
+        if self.celery is not None:
+            send_job(self.celery, self.keys, job)
+        return published
+
+    # --- cancellation -----------------------------------------------------------------------------------
+
+    def request_cancel(self, job_id: str) -> Job | None:
+        """Persist a cancel request; a queued or retrying job is cancelled at once, a running one at its
+        next report (or forcibly by the reaper after the grace period). None when the job does not exist."""
+        with Session(self.engine) as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                return None
+            if job.status in {s.value for s in TERMINAL}:
+                return job
+            stamp = utcnow()
+            session.execute(
+                update(Job).where(col(Job.id) == job_id, col(Job.cancel_requested_at).is_(None))
+                .values(cancel_requested_at=stamp, updated_at=stamp)
+            )
+            session.commit()
+        self.redis.hset(self.keys.job(job_id), "cancel", "1")
+        # A job no worker holds is cancelled here; the conditional update loses the race to a starting worker.
+        self.finish_if(job_id, job.attempt, JobStatus.CANCELLED, only_from=(JobStatus.QUEUED, JobStatus.RETRYING),
+                       error=JobError(type="cancelled", message="cancelled by request"))
+        return self.get(job_id)
+
+    # --- requeue ----------------------------------------------------------------------------------------
+
+    def requeue(self, job_id: str) -> Job | None:
+        """A failed or cancelled job starts again as a new attempt with a fresh retry budget."""
+        with Session(self.engine) as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                return None
+            check_transition(job.status, JobStatus.QUEUED, requeue=True)
+            record = session.get(TaskRecord, job.task)
+            budget = TaskPolicy.model_validate(record.policy).max_attempts if record else 1
+            job.attempt += 1
+            job.max_attempts = job.attempt + budget - 1
+            job.status = JobStatus.QUEUED.value
+            job.error = job.result = None
+            job.finished_at = job.cancel_requested_at = job.next_retry_at = None
+            job.updated_at = utcnow()
+            session.add(job)
+            session.execute(delete(DeadLetter).where(col(DeadLetter.job_id) == job_id))
+            session.commit()
+            session.refresh(job)
+        self.redis.hdel(self.keys.job(job_id), "cancel", "error", "result", "finished_at")
+        self.announce(job)
+        return job
+
+    # --- fenced transitions (worker, reaper) ------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        with Session(self.engine) as session:
+            return session.get(Job, job_id)
+
+    def transition(
+        self,
+        job_id: str,
+        attempt: int,
+        target: JobStatus,
+        *,
+        only_from: tuple[JobStatus, ...],
+        values: dict[str, Any] | None = None,
+    ) -> bool:
+        """Conditional SQL update: applies only while the job is at `attempt` and in one of `only_from`.
+
+        This is the SQL half of fencing: a stale attempt's write matches no row.
+        """
+        for source in only_from:
+            check_transition(source, target)
+        stamp = utcnow()
+        with Session(self.engine) as session:
+            result = session.execute(
+                update(Job)
+                .where(col(Job.id) == job_id, col(Job.attempt) == attempt,
+                       col(Job.status).in_([s.value for s in only_from]))
+                .values(status=target.value, updated_at=stamp, **(values or {}))
+            )
+            session.commit()
+            return bool(getattr(result, "rowcount", 0))
+
+    def finish_if(
+        self,
+        job_id: str,
+        attempt: int,
+        target: JobStatus,
+        *,
+        only_from: tuple[JobStatus, ...],
+        error: JobError | None = None,
+        result: Any = None,
+        progress: Progress | None = None,
+        dead_letter: bool = False,
+    ) -> bool:
+        """End the job (succeeded/failed/cancelled) if it is still at `attempt` in `only_from`; publish the
+        terminal event; dead-letter a failure when asked. Returns whether this call ended it."""
+        stamp = utcnow()
+        values: dict[str, Any] = {"finished_at": stamp, "next_retry_at": None}
+        if error is not None:
+            values["error"] = error.model_dump(mode="json")
+        if result is not None:
+            values["result"] = result
+        if progress is not None:
+            values["progress"] = progress.model_dump(mode="json", exclude_none=True)
+        if not self.transition(job_id, attempt, target, only_from=only_from, values=values):
+            return False
+        job = self.get(job_id)
+        assert job is not None
+        if dead_letter and error is not None:
+            with Session(self.engine) as session:
+                session.add(DeadLetter(job_id=job_id, tenant=job.tenant, task=job.task,
+                                       error=error.model_dump(mode="json"), attempts=attempt))
+                session.commit()
+        published = self.publisher.publish(
+            self.redis,
+            EventSpec(job_id, "status", target, attempt, progress=Progress.model_validate(job.progress or {}),
+                      error=error, result=result, lease_until=LEASE_DROP,
+                      fields={"finished_at": repr(stamp.timestamp())}),
+        )
+        self._record_seq(job_id, published)
+        return True
+
+    def _record_seq(self, job_id: str, published: Published) -> None:
+        if published.fenced:
+            return
+        with Session(self.engine) as session:
+            session.execute(update(Job).where(col(Job.id) == job_id, col(Job.seq) < published.seq)
+                            .values(seq=published.seq))
+            session.commit()
+
+    def active_jobs(self, limit: int = 500) -> list[Job]:
+        with Session(self.engine) as session:
+            return list(session.exec(select(Job).where(col(Job.status).in_(ACTIVE)).limit(limit)))
+
+
+def event_now() -> float:
+    return now()
