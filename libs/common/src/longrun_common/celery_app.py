@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue  # type: ignore[attr-defined]
+from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from .keys import Keys
 from .settings import Settings
@@ -32,7 +32,7 @@ def create_celery(settings: Settings, *, name: str = "longrun") -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_default_queue=keys.queue(settings.default_queue),
-        task_queues=[Queue(keys.queue(name)) for name in QUEUES],  # type: ignore[no-untyped-call]
+        task_queues=[_queue(keys.queue(name)) for name in QUEUES],
         task_send_sent_event=True,
         worker_send_task_events=True,
         worker_hijack_root_logger=False,
@@ -40,3 +40,8 @@ def create_celery(settings: Settings, *, name: str = "longrun") -> Celery:
         broker_channel_error_retry=True,
     )
     return app
+
+
+def _queue(name: str) -> Queue:
+    """A queue with its own direct exchange and routing key, so `queue=` routes exactly there."""
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]

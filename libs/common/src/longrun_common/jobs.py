@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 from celery import Celery
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, func, update
 from sqlmodel import Session, col, delete, select
 
 from .catalog import TaskPolicy
 from .dispatch import send_job
 from .events import JobError, Progress, now
 from .keys import Keys
-from .models import DeadLetter, IdempotencyKey, Job, TaskRecord, utcnow
+from .models import Attempt, DeadLetter, IdempotencyKey, Job, TaskRecord, utcnow
 from .publisher import LEASE_DROP, EventSpec, Published, Publisher
 from .states import TERMINAL, JobStatus, check_transition
 
@@ -75,10 +75,11 @@ class JobStore:
         return job
 
     def announce(self, job: Job) -> Published:
-        """Publish the job's `queued` event and send its message (also used by the reconciler)."""
+        """Publish the job's current (queued/retrying) status and send its message; the reconciler reuses this
+        after Redis lost the job."""
         published = self.publisher.publish(
             self.redis,
-            EventSpec(job.id, "status", JobStatus.QUEUED, job.attempt, fields=creation_fields(job)),
+            EventSpec(job.id, "status", JobStatus(job.status), job.attempt, fields=creation_fields(job)),
         )
         if self.celery is not None:
             send_job(self.celery, self.keys, job)
@@ -188,6 +189,7 @@ class JobStore:
             values["progress"] = progress.model_dump(mode="json", exclude_none=True)
         if not self.transition(job_id, attempt, target, only_from=only_from, values=values):
             return False
+        self.end_attempt(job_id, attempt, target, error)
         job = self.get(job_id)
         assert job is not None
         if dead_letter and error is not None:
@@ -204,6 +206,74 @@ class JobStore:
         self._record_seq(job_id, published)
         return True
 
+    def schedule_retry(
+        self,
+        job_id: str,
+        attempt: int,
+        error: JobError,
+        delay: float,
+        *,
+        send: bool,
+        progress: Progress | None = None,
+        extra_budget: bool = False,
+    ) -> bool:
+        """Running attempt `attempt` ends; the job waits `delay` s as `retrying` for attempt `attempt + 1`.
+
+        The `retrying` event carries the new attempt number, which fences the old attempt at once. `send`
+        publishes the next message here (the reaper); the worker instead lets Celery's retry send it.
+        `extra_budget` gives the job one more attempt (a drained job did not fail).
+        """
+        next_at = now() + delay
+        values: dict[str, Any] = {
+            "attempt": attempt + 1,
+            "next_retry_at": datetime.fromtimestamp(next_at, UTC),
+            "error": error.model_dump(mode="json"),
+        }
+        if extra_budget:
+            values["max_attempts"] = Job.max_attempts + 1
+        if progress is not None:
+            values["progress"] = progress.model_dump(mode="json", exclude_none=True)
+        if not self.transition(job_id, attempt, JobStatus.RETRYING, only_from=(JobStatus.RUNNING,), values=values):
+            return False
+        self.end_attempt(job_id, attempt, JobStatus.RETRYING, error)
+        published = self.publisher.publish(
+            self.redis,
+            EventSpec(job_id, "status", JobStatus.RETRYING, attempt + 1, progress=progress, error=error,
+                      next_retry_at=next_at, lease_until=LEASE_DROP),
+        )
+        self._record_seq(job_id, published)
+        if send and self.celery is not None:
+            job = self.get(job_id)
+            assert job is not None
+            send_job(self.celery, self.keys, job, countdown=delay)
+        return True
+
+    def begin_attempt(self, job_id: str, attempt: int, worker: str) -> bool:
+        """Queued/retrying → running for exactly one taker of `attempt`; records the attempt."""
+        stamp = utcnow()
+        values = {"worker": worker, "next_retry_at": None, "started_at": func.coalesce(Job.started_at, stamp)}
+        if not self.transition(job_id, attempt, JobStatus.RUNNING,
+                               only_from=(JobStatus.QUEUED, JobStatus.RETRYING), values=values):
+            return False
+        with Session(self.engine) as session:
+            session.add(Attempt(job_id=job_id, number=attempt, worker=worker, started_at=stamp))
+            session.commit()
+        return True
+
+    def end_attempt(self, job_id: str, attempt: int, status: JobStatus, error: JobError | None = None) -> None:
+        with Session(self.engine) as session:
+            session.execute(
+                update(Attempt).where(col(Attempt.job_id) == job_id, col(Attempt.number) == attempt,
+                                      col(Attempt.finished_at).is_(None))
+                .values(status=status.value, finished_at=utcnow(),
+                        error=error.model_dump(mode="json") if error else None)
+            )
+            session.commit()
+
+    def attempts(self, job_id: str) -> list[Attempt]:
+        with Session(self.engine) as session:
+            return list(session.exec(select(Attempt).where(Attempt.job_id == job_id).order_by(col(Attempt.number))))
+
     def _record_seq(self, job_id: str, published: Published) -> None:
         if published.fenced:
             return
@@ -217,5 +287,3 @@ class JobStore:
             return list(session.exec(select(Job).where(col(Job.status).in_(ACTIVE)).limit(limit)))
 
 
-def event_now() -> float:
-    return now()

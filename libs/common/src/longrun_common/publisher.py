@@ -29,7 +29,7 @@ local cur_attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
 local cur_status = redis.call('HGET', KEYS[1], 'status')
 local terminal = cur_status == 'succeeded' or cur_status == 'failed' or cur_status == 'cancelled'
 if attempt < cur_attempt or (attempt == cur_attempt and terminal and ARGV[7] ~= '1') then
-  return {-1, 0}
+  return {-1, 0, 0}
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local event = '{"seq":' .. seq .. ',' .. string.sub(ARGV[2], 2)
@@ -51,26 +51,36 @@ else
   redis.call('PERSIST', KEYS[2])
 end
 local cancel = redis.call('HGET', KEYS[1], 'cancel') == '1' and 1 or 0
-return {seq, cancel}
+local drain = redis.call('HGET', KEYS[1], 'drain') == tostring(attempt) and 1 or 0
+return {seq, cancel, drain}
 """
 
-# Renew a lease only while the attempt is current and the job still runs; report a cancel request.
+# Renew a lease only while the attempt is current and the job still runs; report cancel / drain requests.
+# A missing hash means Redis lost its data: keep the lease (the attempt is not known to be stale).
 _HEARTBEAT = """
-local cur_attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
-if tonumber(ARGV[1]) < cur_attempt or redis.call('HGET', KEYS[1], 'status') ~= 'running' then
-  return -1
+local status = redis.call('HGET', KEYS[1], 'status')
+if status then
+  local cur_attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
+  if tonumber(ARGV[1]) < cur_attempt or status ~= 'running' then
+    return -1
+  end
 end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-return redis.call('HGET', KEYS[1], 'cancel') == '1' and 1 or 0
+if redis.call('HGET', KEYS[1], 'cancel') == '1' then return 1 end
+if redis.call('HGET', KEYS[1], 'drain') == ARGV[1] then return 2 end
+return 0
 """
+
+HEARTBEAT_FENCED, HEARTBEAT_OK, HEARTBEAT_CANCEL, HEARTBEAT_DRAIN = -1, 0, 1, 2
 
 
 @dataclass(frozen=True)
 class Published:
-    """What one publish did: the event's seq (or FENCED) and whether a cancel was requested."""
+    """What one publish did: the event's seq (or FENCED), and whether a cancel or a drain was requested."""
 
     seq: int
     cancel_requested: bool
+    drain_requested: bool = False
 
     @property
     def fenced(self) -> bool:
@@ -166,17 +176,17 @@ class Publisher:
     def publish(self, client: redis.Redis[bytes], spec: EventSpec) -> Published:
         """Publish one event atomically (sync client)."""
         keys, args = self._script_args(spec)
-        seq, cancel = self._script(client, _SCRIPT)(keys=keys, args=args, client=client)
-        return Published(int(seq), bool(cancel))
+        seq, cancel, drain = self._script(client, _SCRIPT)(keys=keys, args=args, client=client)
+        return Published(int(seq), bool(cancel), bool(drain))
 
     async def apublish(self, client: aioredis.Redis[bytes], spec: EventSpec) -> Published:
         """Publish one event atomically (asyncio client)."""
         keys, args = self._script_args(spec)
-        seq, cancel = await self._ascript(client, _SCRIPT)(keys=keys, args=args, client=client)
-        return Published(int(seq), bool(cancel))
+        seq, cancel, drain = await self._ascript(client, _SCRIPT)(keys=keys, args=args, client=client)
+        return Published(int(seq), bool(cancel), bool(drain))
 
     def heartbeat(self, client: redis.Redis[bytes], job_id: str, attempt: int, lease_until: float) -> int:
-        """Renew a running attempt's lease: 1 = cancel requested, 0 = keep going, -1 = fenced off."""
+        """Renew a running attempt's lease; returns one of the HEARTBEAT_* codes."""
         script = self._script(client, _HEARTBEAT)
         keys = [self.keys.job(job_id), self.keys.leases()]
         return int(script(keys=keys, args=[attempt, lease_until, job_id], client=client))

@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     bind_host: str = Field("127.0.0.1", description="address the gateway and hub listen on")
     idempotency_ttl_seconds: int = Field(24 * 3600, ge=60, description="how long an Idempotency-Key holds")
     cancel_grace_seconds: float = Field(10.0, ge=0, description="after this a running job is cancelled by force")
+    drain_seconds: float = Field(20.0, ge=0, description="on SIGTERM, running jobs get this long to finish")
     reaper_interval: float = Field(1.0, gt=0, description="how often the reaper looks for expired leases")
 
     @field_validator("hub_public_url")

@@ -1,0 +1,94 @@
+"""The worker's Celery app: one Celery task per Longrun task, plus the process-level hooks."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Celery, Task, signals
+from sqlmodel import Session, select
+
+from longrun_common.celery_app import create_celery
+from longrun_common.db import create_db_engine
+from longrun_common.maintenance import Maintenance
+from longrun_common.models import Job
+from longrun_common.settings import Settings
+from longrun_common.states import JobStatus
+
+from . import tasks  # noqa: F401  (registers the built-in tasks)
+from .api import REGISTRY, TaskDefinition
+from .catalog import register_catalog
+from .resources import get_resources, reset_resources
+from .runner import run_attempt
+
+log = logging.getLogger(__name__)
+
+
+def create_worker_app(settings: Settings) -> Celery:
+    """A Celery app that runs every registered Longrun task."""
+    app = create_celery(settings)
+    for definition in REGISTRY.values():
+        _register(app, settings, definition)
+    _connect_process_hooks(app, settings)
+    return app
+
+
+def _register(app: Celery, settings: Settings, definition: TaskDefinition) -> None:
+    def run(self: Task, job_id: str, attempt: int = 1) -> None:
+        run_attempt(self, definition, get_resources(settings, app), job_id, attempt)
+
+    run.__name__ = run.__qualname__ = definition.name.replace(".", "_")
+    run.__doc__ = definition.description
+    app.task(
+        name=definition.name,
+        bind=True,
+        max_retries=None,  # the job's own attempt budget decides; Celery only carries the retry message
+        acks_late=True,
+        reject_on_worker_lost=True,
+        soft_time_limit=definition.policy.soft_time_limit,
+        time_limit=definition.policy.time_limit,
+    )(run)
+
+
+def _connect_process_hooks(app: Celery, settings: Settings) -> None:
+    state: dict[str, Any] = {}
+
+    def publish_catalog(sender: Any = None, **_: Any) -> None:
+        engine = create_db_engine(settings)
+        try:
+            log.info("task catalog: %s", ", ".join(register_catalog(engine)))
+        finally:
+            engine.dispose()
+
+    def fresh_resources(**_: Any) -> None:
+        reset_resources()  # never share the parent's connections after the fork
+
+    def start_maintenance(sender: Any = None, **_: Any) -> None:
+        res = get_resources(settings, app)
+        state["maintenance"] = Maintenance(res.store, settings, owner=str(getattr(sender, "hostname", ""))).start()
+
+    def drain(sender: Any = None, **_: Any) -> None:
+        hostname = str(sender or "")
+        if "maintenance" in state:
+            state["maintenance"].set()
+        threading.Thread(target=_drain_after, args=(settings, app, hostname), daemon=True,
+                         name="longrun-drain").start()
+
+    signals.worker_init.connect(publish_catalog, weak=False)
+    signals.worker_process_init.connect(fresh_resources, weak=False)
+    signals.worker_ready.connect(start_maintenance, weak=False)
+    signals.worker_shutting_down.connect(drain, weak=False)
+
+
+def _drain_after(settings: Settings, app: Celery, hostname: str) -> None:
+    """After the drain window, ask this worker's still-running jobs to checkpoint and go back to the queue."""
+    stop = threading.Event()
+    if stop.wait(settings.drain_seconds):
+        return
+    res = get_resources(settings, app)
+    with Session(res.engine) as session:
+        running = list(session.exec(select(Job).where(Job.status == JobStatus.RUNNING.value, Job.worker == hostname)))
+    for job in running:
+        log.warning("drain window over; asking job %s to checkpoint and requeue", job.id)
+        res.redis.hset(res.keys.job(job.id), "drain", str(job.attempt))

@@ -1,0 +1,56 @@
+"""Per-process resources (DB engine, Redis, JobStore), created after the fork and rebuilt if the pid changes."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+from sqlalchemy import Engine
+
+from longrun_common.db import create_db_engine
+from longrun_common.jobs import JobStore
+from longrun_common.keys import Keys
+from longrun_common.publisher import Publisher
+from longrun_common.settings import Settings
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    engine: Engine
+    redis: redis.Redis[bytes]
+    keys: Keys
+    publisher: Publisher
+    store: JobStore
+
+
+_lock = threading.Lock()
+_current: tuple[int, Resources] | None = None
+
+
+def get_resources(settings: Settings, celery: Celery) -> Resources:
+    """This process's resources; a forked child never reuses its parent's connections."""
+    global _current
+    with _lock:
+        if _current is None or _current[0] != os.getpid():
+            keys = Keys(settings.key_prefix)
+            engine = create_db_engine(settings)
+            client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+            publisher = Publisher(keys, stream_maxlen=settings.stream_maxlen,
+                                  event_ttl_seconds=settings.event_ttl_seconds)
+            store = JobStore(engine, client, keys, publisher, celery)
+            _current = (os.getpid(), Resources(settings, engine, client, keys, publisher, store))
+        return _current[1]
+
+
+def reset_resources() -> None:
+    """Forget this process's resources (after fork, or between tests)."""
+    global _current
+    with _lock:
+        if _current is not None and _current[0] == os.getpid():
+            _current[1].engine.dispose()
+            _current[1].redis.close()
+        _current = None

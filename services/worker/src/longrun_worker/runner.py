@@ -1,0 +1,189 @@
+"""Running one attempt of one job inside a Celery task: every state change of a running job happens here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from typing import Any
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import update
+from sqlmodel import Session, col
+
+from longrun_common.events import JobError, Progress, dumps
+from longrun_common.models import Job
+from longrun_common.publisher import EventSpec, Published
+from longrun_common.states import JobStatus
+
+from .api import JobCancelled, JobDrained, JobFenced, PermanentError, TaskDefinition, TransientError
+from .context import JobContext
+from .reporter import Reporter
+from .resources import Resources
+
+log = logging.getLogger(__name__)
+
+RUNNING = (JobStatus.RUNNING,)
+
+
+def run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, job_id: str, attempt: int) -> None:
+    """Run `attempt` of `job_id` unless the message is stale, the job is cancelled, or another worker has it."""
+    store, settings = res.store, res.settings
+    job = store.get(job_id)
+    if job is None:
+        log.warning("dropping message for unknown job %s", job_id)
+        return
+    if job.attempt != attempt or JobStatus(job.status).terminal:
+        log.info("dropping stale message for job %s attempt %s (job at attempt %s, %s)",
+                 job_id, attempt, job.attempt, job.status)
+        return
+    if job.cancel_requested_at is not None:
+        store.finish_if(job_id, attempt, JobStatus.CANCELLED, only_from=(JobStatus.QUEUED, JobStatus.RETRYING),
+                        error=JobError(type="cancelled", message="cancelled before it started"))
+        return
+    worker = str(celery_task.request.hostname or "worker")
+    if not store.begin_attempt(job_id, attempt, worker):
+        log.info("job %s attempt %s already taken or cancelled", job_id, attempt)
+        return
+
+    resumed_from = _last_checkpoint(res, job)
+    lease = settings.lease_seconds
+    started = time.time()
+    published = res.publisher.publish(res.redis, EventSpec(
+        job_id, "status", JobStatus.RUNNING, attempt, progress=Progress.model_validate(job.progress or {}),
+        lease_until=started + lease,
+        fields={"started_at": repr(started), "worker": worker, "celery_id": str(celery_task.request.id)},
+    ))
+    if published.fenced:
+        return
+    sql_writer = _SqlProgress(res, job_id, attempt)
+
+    def emit(progress: Progress, checkpoint: dict[str, Any] | None) -> Published:
+        fields = {"checkpoint": dumps(checkpoint)} if checkpoint is not None else None
+        result = res.publisher.publish(res.redis, EventSpec(
+            job_id, "progress", JobStatus.RUNNING, attempt, progress=progress,
+            lease_until=time.time() + lease, fields=fields))
+        if not result.fenced:
+            sql_writer.maybe_write(progress, checkpoint, result.seq)
+        return result
+
+    def heartbeat() -> int:
+        return res.publisher.heartbeat(res.redis, job_id, attempt, time.time() + lease)
+
+    reporter = Reporter(emit, heartbeat, interval=settings.progress_interval, heartbeat_every=lease / 3)
+    ctx = JobContext(job_id=job_id, attempt=attempt, tenant=job.tenant, task=job.task, reporter=reporter,
+                     resumed_from=resumed_from, settings=settings, session_factory=lambda: Session(res.engine))
+    reporter.begin()
+    try:
+        args = definition.args_model.model_validate(job.args)
+        result = definition.fn(ctx, args)
+    except JobFenced:
+        reporter.close()
+        log.warning("job %s attempt %s was superseded; stopping without writing", job_id, attempt)
+        return
+    except JobCancelled:
+        _run_cancel_hook(definition, ctx)
+        reporter.close()
+        sql_writer.write(reporter.snapshot(), reporter.last_checkpoint)
+        store.finish_if(job_id, attempt, JobStatus.CANCELLED, only_from=RUNNING, progress=reporter.snapshot(),
+                        error=JobError(type="cancelled", message="cancelled by request"))
+        return
+    except JobDrained:
+        reporter.close()
+        sql_writer.write(reporter.snapshot(), reporter.last_checkpoint)
+        error = JobError(type="drained", message=f"worker {worker} shut down; resuming on another worker",
+                         retryable=True)
+        if store.schedule_retry(job_id, attempt, error, 0.0, send=False, progress=reporter.snapshot(),
+                                extra_budget=True):
+            raise celery_task.retry(countdown=0, kwargs={"job_id": job_id, "attempt": attempt + 1},
+                                    max_retries=None) from None
+        return
+    except Exception as exc:  # every failure is recorded (SoftTimeLimitExceeded is an Exception too)
+        reporter.close()
+        sql_writer.write(reporter.snapshot(), reporter.last_checkpoint)
+        error = classify(exc, definition)
+        if error.retryable and attempt < job.max_attempts:
+            delay = definition.policy.backoff(attempt)
+            if store.schedule_retry(job_id, attempt, error, delay, send=False, progress=reporter.snapshot()):
+                raise celery_task.retry(countdown=delay, kwargs={"job_id": job_id, "attempt": attempt + 1},
+                                        max_retries=None) from None
+            return
+        store.finish_if(job_id, attempt, JobStatus.FAILED, only_from=RUNNING, error=error,
+                        progress=reporter.snapshot(), dead_letter=True)
+        return
+    reporter.close()
+    if reporter.fenced:
+        return
+    sql_writer.write(reporter.snapshot(), reporter.last_checkpoint)
+    store.finish_if(job_id, attempt, JobStatus.SUCCEEDED, only_from=RUNNING, result=_jsonable(result),
+                    progress=reporter.snapshot(complete=True))
+
+
+def classify(exc: BaseException, definition: TaskDefinition) -> JobError:
+    """The job error for an exception, and whether the task's policy retries it."""
+    trace = "".join(traceback.format_exception(exc))[-8000:]
+    if isinstance(exc, SoftTimeLimitExceeded):
+        kind, message = "timeout", "soft time limit exceeded"
+    elif isinstance(exc, ValidationError):
+        return JobError(type="invalid_args", message=str(exc), traceback=trace, retryable=False)
+    elif isinstance(exc, PermanentError):
+        return JobError(type="PermanentError", message=str(exc), traceback=trace, retryable=False)
+    else:
+        kind, message = type(exc).__name__, str(exc) or type(exc).__name__
+    retryable = (
+        isinstance(exc, TransientError)
+        or definition.policy.retries(kind)
+        or (bool(definition.retry_on) and isinstance(exc, definition.retry_on))
+    )
+    return JobError(type=kind, message=message, traceback=trace, retryable=retryable)
+
+
+def _run_cancel_hook(definition: TaskDefinition, ctx: JobContext) -> None:
+    if definition.on_cancel is None:
+        return
+    try:
+        definition.on_cancel(ctx)
+    except Exception:
+        log.exception("on_cancel hook of %s failed", definition.name)
+
+
+def _last_checkpoint(res: Resources, job: Job) -> dict[str, Any] | None:
+    """The newest checkpoint: Redis has the latest report's; SQL has a throttled copy that survives Redis."""
+    raw = res.redis.hget(res.keys.job(job.id), "checkpoint")
+    if raw:
+        value = json.loads(raw)
+        return value if isinstance(value, dict) else None
+    return job.checkpoint
+
+
+def _jsonable(result: Any) -> Any:
+    if isinstance(result, BaseModel):
+        return result.model_dump(mode="json")
+    return json.loads(dumps(result))
+
+
+class _SqlProgress:
+    """Progress and checkpoints reach SQL at most once per `sql_progress_interval` (Redis gets every one)."""
+
+    def __init__(self, res: Resources, job_id: str, attempt: int):
+        self._res, self._job_id, self._attempt = res, job_id, attempt
+        self._last = 0.0
+
+    def maybe_write(self, progress: Progress, checkpoint: dict[str, Any] | None, seq: int) -> None:
+        if time.monotonic() - self._last >= self._res.settings.sql_progress_interval:
+            self.write(progress, checkpoint, seq)
+
+    def write(self, progress: Progress, checkpoint: dict[str, Any] | None, seq: int | None = None) -> None:
+        self._last = time.monotonic()
+        values: dict[str, Any] = {"progress": progress.model_dump(mode="json", exclude_none=True)}
+        if checkpoint is not None:
+            values["checkpoint"] = checkpoint
+        if seq is not None:
+            values["seq"] = seq
+        with Session(self._res.engine) as session:
+            session.execute(update(Job).where(col(Job.id) == self._job_id, col(Job.attempt) == self._attempt,
+                                              col(Job.status) == JobStatus.RUNNING.value).values(**values))
+            session.commit()
