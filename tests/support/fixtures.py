@@ -12,8 +12,10 @@ import redis
 from sqlalchemy import Engine
 
 from longrun_common.db import create_db_engine, migrate
+from longrun_common.jobs import JobStore
 from longrun_common.settings import Settings
 
+from .jobs import close_store, make_store
 from .processes import Service, free_port, python_module, service_env
 from .servers import postgres_url_for_tests, redis_url_for_tests
 
@@ -131,3 +133,11 @@ def services(tmp_path: Path, settings_env: dict[str, str]) -> Iterator[ServiceFa
     yield start
     for service in reversed(started):
         service.stop()
+
+
+@pytest.fixture
+def job_store(settings: Settings) -> Iterator[JobStore]:
+    """A JobStore on this test's Redis, database and prefix (submits like the gateway; closed after)."""
+    store = make_store(settings)
+    yield store
+    close_store(store)

@@ -28,11 +28,11 @@ class Service:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self, ready_path: str | None = "/healthz", timeout: float = 30.0) -> Service:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=repo_root(),
-            start_new_session=True,  # its own process group: kill -9 reaches the whole pool
-        )
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=repo_root(),
+                start_new_session=True,  # its own process group: kill -9 reaches the whole pool
+            )
         if self.port is not None and ready_path is not None:
             self.wait_http(ready_path, timeout)
         return self

@@ -55,6 +55,10 @@ class JobStore:
     publisher: Publisher
     celery: Celery | None = None
 
+    def session(self) -> Session:
+        """A session whose rows stay readable after commit (they are handed to callers detached)."""
+        return Session(self.engine, expire_on_commit=False)
+
     # --- submission -------------------------------------------------------------------------------------
 
     def submit(self, job: Job, idempotency: IdempotencyKey | None = None) -> Job:
@@ -62,9 +66,11 @@ class JobStore:
 
         If Redis is down after the commit the job is still accepted: the reconciler publishes it later.
         """
-        with Session(self.engine) as session:
+        with self.session() as session:
             session.add(job)
             if idempotency is not None:
+                # No ORM relationship orders these INSERTs: flush the job first so the key's foreign key holds.
+                session.flush()
                 session.add(idempotency)
             session.commit()
             session.refresh(job)
@@ -90,7 +96,7 @@ class JobStore:
     def request_cancel(self, job_id: str) -> Job | None:
         """Persist a cancel request; a queued or retrying job is cancelled at once, a running one at its
         next report (or forcibly by the reaper after the grace period). None when the job does not exist."""
-        with Session(self.engine) as session:
+        with self.session() as session:
             job = session.get(Job, job_id)
             if job is None:
                 return None
@@ -112,7 +118,7 @@ class JobStore:
 
     def requeue(self, job_id: str) -> Job | None:
         """A failed or cancelled job starts again as a new attempt with a fresh retry budget."""
-        with Session(self.engine) as session:
+        with self.session() as session:
             job = session.get(Job, job_id)
             if job is None:
                 return None
@@ -136,7 +142,7 @@ class JobStore:
     # --- fenced transitions (worker, reaper) ------------------------------------------------------------
 
     def get(self, job_id: str) -> Job | None:
-        with Session(self.engine) as session:
+        with self.session() as session:
             return session.get(Job, job_id)
 
     def transition(
@@ -155,7 +161,7 @@ class JobStore:
         for source in only_from:
             check_transition(source, target)
         stamp = utcnow()
-        with Session(self.engine) as session:
+        with self.session() as session:
             result = session.execute(
                 update(Job)
                 .where(col(Job.id) == job_id, col(Job.attempt) == attempt,
@@ -193,7 +199,7 @@ class JobStore:
         job = self.get(job_id)
         assert job is not None
         if dead_letter and error is not None:
-            with Session(self.engine) as session:
+            with self.session() as session:
                 session.add(DeadLetter(job_id=job_id, tenant=job.tenant, task=job.task,
                                        error=error.model_dump(mode="json"), attempts=attempt))
                 session.commit()
@@ -255,13 +261,13 @@ class JobStore:
         if not self.transition(job_id, attempt, JobStatus.RUNNING,
                                only_from=(JobStatus.QUEUED, JobStatus.RETRYING), values=values):
             return False
-        with Session(self.engine) as session:
+        with self.session() as session:
             session.add(Attempt(job_id=job_id, number=attempt, worker=worker, started_at=stamp))
             session.commit()
         return True
 
     def end_attempt(self, job_id: str, attempt: int, status: JobStatus, error: JobError | None = None) -> None:
-        with Session(self.engine) as session:
+        with self.session() as session:
             session.execute(
                 update(Attempt).where(col(Attempt.job_id) == job_id, col(Attempt.number) == attempt,
                                       col(Attempt.finished_at).is_(None))
@@ -271,19 +277,19 @@ class JobStore:
             session.commit()
 
     def attempts(self, job_id: str) -> list[Attempt]:
-        with Session(self.engine) as session:
+        with self.session() as session:
             return list(session.exec(select(Attempt).where(Attempt.job_id == job_id).order_by(col(Attempt.number))))
 
     def _record_seq(self, job_id: str, published: Published) -> None:
         if published.fenced:
             return
-        with Session(self.engine) as session:
+        with self.session() as session:
             session.execute(update(Job).where(col(Job.id) == job_id, col(Job.seq) < published.seq)
                             .values(seq=published.seq))
             session.commit()
 
     def active_jobs(self, limit: int = 500) -> list[Job]:
-        with Session(self.engine) as session:
+        with self.session() as session:
             return list(session.exec(select(Job).where(col(Job.status).in_(ACTIVE)).limit(limit)))
 
 

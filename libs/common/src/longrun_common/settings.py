@@ -46,6 +46,22 @@ class Settings(BaseSettings):
     cancel_grace_seconds: float = Field(10.0, ge=0, description="after this a running job is cancelled by force")
     drain_seconds: float = Field(20.0, ge=0, description="on SIGTERM, running jobs get this long to finish")
     reaper_interval: float = Field(1.0, gt=0, description="how often the reaper looks for expired leases")
+    # Progress hub (longrun_hub): per-client backpressure, keepalive, lifetime and Redis reconnects.
+    hub_queue_size: int = Field(64, ge=1, description="frames queued for one client before progress is coalesced")
+    hub_queue_limit: int = Field(1024, ge=2, description="frames queued for one client before it is closed (1013)")
+    hub_send_timeout: float = Field(10.0, gt=0, description="a client that accepts nothing this long is closed (1013)")
+    hub_ping_interval: float = Field(20.0, ge=0, description="WebSocket ping / SSE comment interval; 0 = off")
+    hub_ping_timeout: float = Field(20.0, gt=0, description="a WebSocket that does not answer a ping is dropped")
+    hub_max_connection_seconds: float = Field(
+        3600.0, ge=0, description="connection lifetime (±10% jitter) before a reconnect hint; 0 = unlimited"
+    )
+    hub_shutdown_grace: float = Field(5.0, ge=0, description="on SIGTERM, clients get this long to leave")
+    hub_max_subscriptions: int = Field(1000, ge=1, description="jobs one multiplexed socket may watch at once")
+    hub_subscribe_timeout: float = Field(5.0, gt=0, description="wait for Redis to confirm a subscription")
+    hub_redis_backoff_min: float = Field(0.05, gt=0, description="first pub/sub reconnect delay, seconds")
+    hub_redis_backoff_max: float = Field(2.0, gt=0, description="cap of the pub/sub reconnect delay, seconds")
+    hub_redis_health_interval: float = Field(5.0, gt=0, description="PING on the pub/sub connection this often")
+    hub_redis_pool_size: int = Field(64, ge=2, description="Redis connections for snapshot and replay reads")
 
     @field_validator("hub_public_url")
     @classmethod

@@ -22,7 +22,9 @@ def main(argv: list[str]) -> None:
         options += ["--queues", ",".join(keys.queue(name) for name in QUEUES)]
     if not any(opt.startswith(("-l", "--loglevel")) for opt in options):
         options += ["--loglevel", "INFO"]
-    app.worker_main(["worker", "--events", *options])
+    # Mingle/gossip sync Celery's in-memory revokes between workers; Longrun keeps cancels in SQL and Redis,
+    # so they only slow start-up.
+    app.worker_main(["worker", "--events", "--without-mingle", "--without-gossip", *options])
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ def _register(app: Celery, settings: Settings, definition: TaskDefinition) -> No
     app.task(
         name=definition.name,
         bind=True,
+        shared=False,  # each app runs its own callable, bound to its own settings
         max_retries=None,  # the job's own attempt budget decides; Celery only carries the retry message
         acks_late=True,
         reject_on_worker_lost=True,
