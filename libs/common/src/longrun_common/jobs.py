@@ -186,7 +186,7 @@ class JobStore:
         """End the job (succeeded/failed/cancelled) if it is still at `attempt` in `only_from`; publish the
         terminal event; dead-letter a failure when asked. Returns whether this call ended it."""
         stamp = utcnow()
-        values: dict[str, Any] = {"finished_at": stamp, "next_retry_at": None}
+        values: dict[str, Any] = {"finished_at": stamp, "next_retry_at": None, "error": None}
         if error is not None:
             values["error"] = error.model_dump(mode="json")
         if result is not None:

@@ -143,6 +143,8 @@ class Publisher:
             "updated_at": repr(ts),
             "progress": dumps(body["progress"]),
         }
+        # The snapshot always states error and result, so a value from an earlier attempt never lingers.
+        fields["error"] = fields["result"] = "null"
         if spec.error is not None:
             body["error"] = spec.error.model_dump(mode="json", exclude_none=True, exclude={"traceback"})
             fields["error"] = dumps(body["error"])
