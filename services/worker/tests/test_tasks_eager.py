@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from collections.abc import Iterator
 
 import pytest
 from celery import Celery
+from pydantic import BaseModel
 
 from longrun_common.jobs import JobStore
 from longrun_common.settings import Settings
+from longrun_worker.api import task
 from longrun_worker.app import create_worker_app
+from longrun_worker.context import JobContext
 from longrun_worker.resources import reset_resources
 from tests.support.jobs import assert_progress_monotonic, close_store, events, make_store, new_job, store_file
 
@@ -108,3 +112,41 @@ def test_missing_file_fails_without_retry(eager: tuple[Celery, JobStore, Setting
     job = store.get(job_id)
     assert job is not None and job.status == "failed" and job.attempt == 1
     assert job.error is not None and "POST /v1/files" in job.error["message"]
+
+
+class _NoArgs(BaseModel):
+    pass
+
+
+_cleaned: list[str] = []
+
+
+def _cleanup(ctx: JobContext) -> None:
+    _cleaned.append(ctx.job_id)
+
+
+@task("test.cancellable", args=_NoArgs, on_cancel=_cleanup)
+def _cancellable(ctx: JobContext, args: _NoArgs) -> None:
+    for _ in range(1000):
+        ctx.progress.advance(1)
+        time.sleep(0.001)
+
+
+def test_cancel_runs_the_on_cancel_hook(eager: tuple[Celery, JobStore, Settings]) -> None:
+    _app, store, settings = eager
+    job = store.submit(new_job("test.cancellable", {}))
+    store.request_cancel(job.id)  # persisted; the queued job is cancelled at once...
+    store.requeue(job.id)  # ...so requeue it and flag the cancel while it runs
+    store.redis.hset(store.keys.job(job.id), "cancel", "1")
+    worker_app = create_worker_app(settings)  # picks up the task declared in this module
+    worker_app.conf.task_always_eager = True
+    worker_app.tasks["test.cancellable"].delay(job_id=job.id, attempt=2)
+    worker_app.close()
+    done = store.get(job.id)
+    assert done is not None and done.status == "cancelled"
+    assert _cleaned == [job.id]
+
+
+def test_visibility_timeout_must_exceed_the_longest_task(sqlite_url: str) -> None:
+    with pytest.raises(ValueError, match="raise the visibility timeout"):
+        create_worker_app(Settings(database_url=sqlite_url, visibility_timeout=3600))

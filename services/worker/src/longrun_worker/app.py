@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 def create_worker_app(settings: Settings) -> Celery:
     """A Celery app that runs every registered Longrun task."""
+    check_visibility_timeout(settings)
     app = create_celery(settings)
     for definition in REGISTRY.values():
         _register(app, settings, definition)
@@ -48,8 +49,21 @@ def _register(app: Celery, settings: Settings, definition: TaskDefinition) -> No
         acks_late=True,
         reject_on_worker_lost=True,
         soft_time_limit=definition.policy.soft_time_limit,
-        time_limit=definition.policy.time_limit,
+        # Every job has a hard limit, so none can outlive the broker's visibility timeout and be redelivered
+        # while it still runs.
+        time_limit=definition.policy.time_limit or definition.policy.max_time_limit,
     )(run)
+
+
+def check_visibility_timeout(settings: Settings) -> None:
+    """Refuse to start if a task may run longer than Redis keeps a message invisible."""
+    for definition in REGISTRY.values():
+        longest = definition.policy.max_time_limit
+        if longest >= settings.visibility_timeout:
+            raise ValueError(
+                f"task {definition.name} may run {longest:g}s but LONGRUN_VISIBILITY_TIMEOUT is "
+                f"{settings.visibility_timeout}s; raise the visibility timeout above the longest task"
+            )
 
 
 def _connect_process_hooks(app: Celery, settings: Settings) -> None:
