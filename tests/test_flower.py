@@ -1,0 +1,104 @@
+"""Flower, started exactly as `make flower` starts it, sees Longrun's workers and tasks.
+
+Longrun's Celery keys live under a kombu `global_keyprefix`; a Flower pointed at the bare broker URL would watch
+the unprefixed keys and see nothing. `make flower` runs `scripts/stack.py flower`, which starts Flower with the
+Longrun app (`-A longrun_worker.entry:app`), so events, remote control and queue lengths all use the prefix.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from longrun_common.jobs import JobStore
+from longrun_common.settings import Settings
+from tests.support.fixtures import ServiceFactory
+from tests.support.jobs import make_store, submit, wait_for
+from tests.support.processes import Service, free_port, service_env
+from tests.support.servers import repo_root
+
+pytestmark = pytest.mark.integration
+
+STACK = repo_root() / "scripts" / "stack.py"
+
+
+def flower_command() -> list[str]:
+    """What `make flower` runs (after installing and starting Redis): `uv run python scripts/stack.py flower`."""
+    return [sys.executable, str(STACK), "flower"]
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[JobStore]:
+    store = make_store(settings)
+    yield store
+    if store.celery is not None:
+        store.celery.close()
+    store.redis.close()
+    store.engine.dispose()
+
+
+@pytest.fixture
+def flower(settings_env: dict[str, str], tmp_path: Path) -> Iterator[Service]:
+    port = free_port()
+    env = service_env({**settings_env, "FLOWER_PORT": str(port)})
+    service = Service("flower", flower_command(), env, tmp_path / "flower.log", port)
+    try:
+        service.start(ready_path="/healthcheck", timeout=60)
+        yield service
+    finally:
+        service.stop()
+
+
+def worker_hostname(worker: Service) -> str:
+    """The node name the worker was started with (`--hostname NAME@%h`), as Celery expands it."""
+    name = worker.argv[worker.argv.index("--hostname") + 1]
+    return name.replace("%h", socket.gethostname())
+
+
+def poll(url: str, check: Any, timeout: float = 30.0, what: str = "", logs: Service | None = None) -> Any:
+    """GET `url` until `check(json)` is true; return that JSON."""
+    deadline = time.monotonic() + timeout
+    body: Any = None
+    while time.monotonic() < deadline:
+        response = httpx.get(url, timeout=10)
+        response.raise_for_status()
+        body = response.json()
+        if check(body):
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"{what or url}: not seen after {timeout}s; last answer: {body}\n"
+                         f"{logs.logs() if logs else ''}")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the SQL backend is not what is tested here
+def test_flower_sees_prefixed_workers_and_tasks(
+    services: ServiceFactory, flower: Service, store: JobStore
+) -> None:
+    worker = services("worker")
+    hostname = worker_hostname(worker)
+
+    job = submit(store, "demo.steps", {"steps": 3, "delay": 0})
+    (done,) = wait_for(store, [job.id], timeout=60)
+    assert done.status == "succeeded", done.error
+
+    # Events: the worker's heartbeats (worker-online) and the task's events reach Flower through the prefix.
+    poll(f"{flower.url}/api/workers?status=1", lambda body: body.get(hostname) is True,
+         what=f"worker {hostname} alive in Flower", logs=flower)
+    task_id = f"{job.id}.{job.attempt}"
+    tasks = poll(f"{flower.url}/api/tasks", lambda body: body.get(task_id, {}).get("state") == "SUCCESS",
+                 what=f"task {task_id} SUCCESS in Flower", logs=flower)
+    assert tasks[task_id]["name"] == "demo.steps"
+    assert tasks[task_id]["worker"] == hostname
+
+    # Remote control (inspect over the prefixed pidbox): Flower can ask the worker what it consumes.
+    workers = poll(f"{flower.url}/api/workers?refresh=1", lambda body: hostname in body,
+                   what=f"worker {hostname} answering inspect", logs=flower)
+    queues = {queue["name"] for queue in workers[hostname].get("active_queues", [])}
+    assert store.keys.queue("default") in queues
