@@ -131,3 +131,12 @@ def test_job_ignoring_cancel_is_terminated_after_grace(services: ServiceFactory,
     # The worker survived and takes new work.
     after = submit(store, "demo.steps", {"steps": 2})
     assert wait_for(store, [after.id], timeout=20)[0].status == "succeeded", worker.logs()[-3000:]
+
+
+def test_urgent_jobs_run_before_normal_ones(services: ServiceFactory, store: JobStore) -> None:
+    normal = [submit(store, "demo.steps", {"steps": 1}, priority=0) for _ in range(3)]
+    urgent = submit(store, "demo.steps", {"steps": 1}, priority=9)
+    services("worker", "--concurrency", "1")
+    done = wait_for(store, [j.id for j in [*normal, urgent]], timeout=30)
+    order = sorted(done, key=lambda job: job.started_at or job.created_at)
+    assert order[0].id == urgent.id

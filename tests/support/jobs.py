@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -111,3 +112,11 @@ def assert_progress_monotonic(evs: list[dict[str, Any]]) -> None:
         attempt = event["attempt"]
         assert current >= last.get(attempt, float("-inf")), f"progress went backwards at seq {event['seq']}"
         last[attempt] = current
+
+
+def queued_messages(client: redis.Redis, prefix: str, queue: str = "default") -> list[dict[str, Any]]:
+    """Celery messages waiting in a Longrun queue: kombu prefixes its keys with `{p}:celery:` and keeps each
+    priority level but the first in a sub-list `{queue}\\x06\\x16{level}` (levels 0-9, see celery_app.py)."""
+    base = f"{prefix}:celery:{prefix}.{queue}"
+    names = [base] + [f"{base}\x06\x16{level}" for level in range(1, 10)]
+    return [json.loads(item) for name in names for item in client.lrange(name, 0, -1)]

@@ -26,6 +26,9 @@ def create_celery(settings: Settings, *, name: str = "longrun") -> Celery:
             # a lost worker is noticed by the lease reaper in seconds instead.
             "visibility_timeout": settings.visibility_timeout,
             "global_keyprefix": f"{settings.key_prefix}:celery:",
+            # Ten priority levels (kombu's default is four), served lowest number first.
+            "priority_steps": list(range(10)),
+            "queue_order_strategy": "priority",
         },
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,

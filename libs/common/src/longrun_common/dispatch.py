@@ -17,8 +17,9 @@ def send_job(celery: Celery, keys: Keys, job: Job, *, countdown: float | None = 
     and the attempt number lets a worker drop a message that a newer attempt has superseded.
     """
     options: dict[str, Any] = {"queue": keys.queue(job.queue), "task_id": f"{job.id}.{job.attempt}"}
-    if job.priority:
-        options["priority"] = max(0, min(9, job.priority))
+    # The API's priority runs 0 (normal) … 9 (most urgent); kombu's Redis transport serves 0 first, and files a
+    # message without a priority under 0, so every message states its priority.
+    options["priority"] = 9 - max(0, min(9, job.priority))
     if job.soft_time_limit:
         options["soft_time_limit"] = job.soft_time_limit
     if job.time_limit:

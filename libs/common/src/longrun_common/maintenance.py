@@ -159,17 +159,20 @@ class Maintenance:
             return
         pipe = redis.pipeline(transaction=False)
         for job in jobs:
-            pipe.exists(keys.job(job.id))
-        present = pipe.execute()
+            pipe.hget(keys.job(job.id), "attempt")
+        redis_attempts = pipe.execute()
         now = datetime.now(UTC)
         settle = timedelta(seconds=2)  # the gateway publishes right after its commit; don't race it
         overdue = timedelta(seconds=self.settings.lease_seconds + 5)
-        for job, has_hash in zip(jobs, present, strict=True):
+        for job, redis_attempt in zip(jobs, redis_attempts, strict=True):
+            # Redis is behind SQL when the hash is gone (lost data) or holds an older attempt (a requeue
+            # committed while Redis was down).
+            behind = redis_attempt is None or int(redis_attempt) < job.attempt
             updated = job.updated_at if job.updated_at.tzinfo else job.updated_at.replace(tzinfo=UTC)
             if job.status == JobStatus.RUNNING.value:
                 # No lease (Redis lost it): give the worker one lease period to renew it, then the reaper acts.
                 redis.zadd(keys.leases(), {job.id: time.time() + self.settings.lease_seconds}, nx=True)
-            elif not has_hash and now - updated > settle:
+            elif behind and now - updated > settle:
                 log.warning("job %s (%s) lost from Redis; republishing", job.id, job.status)
                 self.store.announce(job)
             elif job.status == JobStatus.RETRYING.value and job.next_retry_at is not None:

@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(24 * 3600, ge=60, description="how long an Idempotency-Key holds")
     cancel_grace_seconds: float = Field(10.0, ge=0, description="after this a running job is cancelled by force")
     drain_seconds: float = Field(20.0, ge=0, description="on SIGTERM, running jobs get this long to finish")
+    maintenance: bool = Field(True, description="run the reaper and reconciler in this gateway / worker")
     reaper_interval: float = Field(1.0, gt=0, description="how often the reaper looks for expired leases")
     # Progress hub (longrun_hub): per-client backpressure, keepalive, lifetime and Redis reconnects.
     hub_queue_size: int = Field(64, ge=1, description="frames queued for one client before progress is coalesced")

@@ -1,0 +1,44 @@
+"""The gateway application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from longrun_common.settings import Settings
+
+from .errors import install_error_handlers
+from .metrics import Metrics
+from .middleware import BodyLimitMiddleware, MetricsMiddleware
+from .routes import ROUTERS
+from .state import Gateway, State
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """A gateway for `settings`; clients are built by the lifespan, never at import."""
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
+        gateway = Gateway.build(settings, metrics)
+        await gateway.start()
+        try:
+            yield {"gateway": gateway}
+        finally:
+            await gateway.aclose()
+
+    app = FastAPI(
+        title="Longrun gateway",
+        version="1",
+        description="Submit long jobs, follow their progress, manage files and dead letters.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    # Outermost last: metrics see every response, including a 413 from the body limit.
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    for router in ROUTERS:
+        app.include_router(router)
+    return app

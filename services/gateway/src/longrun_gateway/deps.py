@@ -1,0 +1,172 @@
+"""Dependency aliases: the one place handlers get clients, the tenant and request bodies from."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Annotated, Any, TypeVar, cast
+
+from fastapi import Depends, Request
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from longrun_common.jobs import JobStore
+from longrun_common.settings import Settings
+
+from .errors import ApiError, field_path, invalid, invalid_many, pydantic_problems
+from .state import AsyncRedis, Gateway, SyncRedis
+
+M = TypeVar("M", bound=BaseModel)
+
+MAX_JSON_DEPTH = 64
+
+
+def get_gateway(request: Request) -> Gateway:
+    return cast(Gateway, request.state.gateway)
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+def get_settings(gateway: GatewayDep) -> Settings:
+    return gateway.settings
+
+
+def get_engine(gateway: GatewayDep) -> Engine:
+    return gateway.engine
+
+
+def get_session(gateway: GatewayDep) -> Iterator[Session]:
+    with Session(gateway.engine) as session:
+        yield session
+
+
+def get_redis(gateway: GatewayDep) -> SyncRedis:
+    return gateway.redis
+
+
+def get_async_redis(gateway: GatewayDep) -> AsyncRedis:
+    return gateway.aredis
+
+
+def get_store(gateway: GatewayDep) -> JobStore:
+    return gateway.store
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+SessionDep = Annotated[Session, Depends(get_session)]
+RedisDep = Annotated[SyncRedis, Depends(get_redis)]
+AsyncRedisDep = Annotated[AsyncRedis, Depends(get_async_redis)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+
+
+def get_tenant(request: Request, settings: SettingsDep) -> str:
+    """The tenant of the request's API key (`Authorization: Bearer <key>`), or 401."""
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    key = key.strip()
+    if not header:
+        raise _unauthorized("missing Authorization header; send `Authorization: Bearer <api key>`")
+    if scheme.lower() != "bearer" or not key:
+        raise _unauthorized("malformed Authorization header; expected `Bearer <api key>`")
+    tenant = None
+    # Compare against every key in constant time so response timing does not reveal near-misses.
+    for candidate, owner in settings.tenant_by_key.items():
+        if hmac.compare_digest(candidate.encode(), key.encode()):
+            tenant = owner
+    if tenant is None:
+        raise _unauthorized("invalid API key")
+    return tenant
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, message, headers={"WWW-Authenticate": 'Bearer realm="longrun"'})
+
+
+TenantDep = Annotated[str, Depends(get_tenant)]
+
+# Free text in query strings (filters): no control characters, which no database column holds.
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+
+
+def json_body(model: type[M], *, allow_empty: bool = False) -> Callable[[Request], Awaitable[M]]:
+    """A dependency that parses the body as `model`, with 422s that name the field.
+
+    Declared after TenantDep in a handler, so an unauthenticated request gets 401 before any body error.
+    """
+
+    async def parse(request: Request) -> M:
+        raw = await request.body()  # the body-limit middleware raises 413 while this streams in
+        if not raw.strip():
+            if allow_empty:
+                return model()
+            raise invalid("body", "a JSON object is required")
+        data = parse_json(raw)
+        if not isinstance(data, dict):
+            raise invalid("body", f"must be a JSON object, got {type(data).__name__}")
+        try:
+            return model.model_validate(data, strict=True)
+        except ValidationError as exc:
+            raise invalid_many(pydantic_problems(exc.errors(), strip_source=False)) from None
+
+    return parse
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON: UTF-8, finite numbers, storable strings, nesting at most MAX_JSON_DEPTH."""
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except UnicodeDecodeError:
+        raise invalid("body", "must be UTF-8 encoded JSON") from None
+    except json.JSONDecodeError as exc:
+        raise invalid("body", f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:
+        raise invalid("body", f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise invalid("body", f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    _check_tree(data)
+    return data
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses to inf, which neither JSON nor the database can hold
+        raise ValueError(f"number {text[:50]} is out of range")
+    return value
+
+
+def _check_tree(value: Any) -> None:
+    """Depth and string checks, iteratively (no recursion on hostile input); problems name their path."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            _check_text(item, path)
+        elif isinstance(item, dict | list):
+            if len(path) >= MAX_JSON_DEPTH:
+                raise invalid("body", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    _check_text(key, (*path, key))
+                    stack.append((child, (*path, key)))
+            else:
+                stack.extend((child, (*path, index)) for index, child in enumerate(item))
+
+
+def _check_text(text: str, path: tuple[str | int, ...]) -> None:
+    # A lone surrogate cannot be encoded as UTF-8 and PostgreSQL cannot store NUL: refuse both up front.
+    if "\x00" in text:
+        raise invalid(field_path(path), "text must not contain NUL (\\u0000) characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        printable = [p.encode("utf-8", "backslashreplace").decode() if isinstance(p, str) else p for p in path]
+        raise invalid(field_path(printable), "text contains an unpaired surrogate (invalid Unicode)") from None

@@ -1,0 +1,17 @@
+"""HTTP routes, one resource per module."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from . import dashboard, dead_letters, files, health, jobs, tasks, tokens
+
+ROUTERS: tuple[APIRouter, ...] = (
+    health.router,
+    tasks.router,
+    jobs.router,
+    tokens.router,
+    files.router,
+    dead_letters.router,
+    dashboard.router,
+)

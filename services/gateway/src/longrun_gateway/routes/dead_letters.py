@@ -1,0 +1,149 @@
+"""Dead letters: jobs that exhausted their attempts. List, inspect, requeue (one or by filter), delete."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import kombu.exceptions
+import redis
+from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlmodel import Session, col, select
+
+from longrun_common.jobs import JobStore
+from longrun_common.models import DeadLetter, Job
+from longrun_common.states import IllegalTransition
+from longrun_common.views import iso
+
+from .. import views
+from ..deps import TEXT_PATTERN, GatewayDep, SessionDep, TenantDep, json_body
+from ..errors import ApiError, not_found
+from ..pagination import DEFAULT_LIMIT, MAX_LIMIT, page
+from ..state import Gateway
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/dead-letters", tags=["dead letters"])
+
+MAX_BULK = 500
+
+
+class BulkRequeue(BaseModel):
+    """`POST /v1/dead-letters/requeue` body: which dead letters to requeue (oldest first)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    task: str | None = Field(None, max_length=128, pattern=TEXT_PATTERN)
+    error_type: str | None = Field(None, max_length=255, pattern=TEXT_PATTERN)
+    limit: int = Field(100, ge=1, le=MAX_BULK)
+
+
+BulkRequeueDep = Annotated[BulkRequeue, Depends(json_body(BulkRequeue, allow_empty=True))]
+_BULK_BODY = {"requestBody": {"content": {"application/json": {"schema": BulkRequeue.model_json_schema()}}}}
+
+
+def _filtered(tenant: str, task: str | None, error_type: str | None) -> Any:
+    statement = select(DeadLetter).where(col(DeadLetter.tenant) == tenant)
+    if task:
+        statement = statement.where(col(DeadLetter.task) == task)
+    if error_type:
+        statement = statement.where(col(DeadLetter.error)["type"].as_string() == error_type)
+    return statement
+
+
+def _items(gateway: Gateway, session: Session, letters: Sequence[DeadLetter]) -> list[dict[str, Any]]:
+    ids = [letter.job_id for letter in letters]
+    jobs = {job.id: job for job in session.exec(select(Job).where(col(Job.id).in_(ids))).all()} if ids else {}
+    presented = dict(zip(jobs, views.present_many(gateway, list(jobs.values())), strict=True))
+    return [
+        {
+            "id": letter.id,
+            "job_id": letter.job_id,
+            "task": letter.task,
+            "error": {k: v for k, v in (letter.error or {}).items() if k != "traceback"},
+            "attempts": letter.attempts,
+            "failed_at": iso(letter.failed_at),
+            "job": presented.get(letter.job_id),
+        }
+        for letter in letters
+    ]
+
+
+def _load(session: Session, tenant: str, letter_id: str) -> DeadLetter:
+    letter = session.get(DeadLetter, letter_id) if views.is_uuid(letter_id) else None
+    if letter is None or letter.tenant != tenant:
+        raise not_found("dead letter", letter_id)
+    return letter
+
+
+def _requeue(store: JobStore, job_id: str) -> Job | None:
+    """Requeue one job; a Redis outage after the SQL commit still counts (the reconciler publishes it)."""
+    try:
+        return store.requeue(job_id)
+    except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
+        log.warning("job %s requeued in SQL; publishing deferred: %s", job_id, exc)
+        return store.get(job_id)
+
+
+@router.get("")
+def list_dead_letters(
+    tenant: TenantDep,
+    gateway: GatewayDep,
+    session: SessionDep,
+    task: Annotated[str | None, Query(max_length=128, pattern=TEXT_PATTERN)] = None,
+    error_type: Annotated[str | None, Query(max_length=255, pattern=TEXT_PATTERN)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> dict[str, Any]:
+    """The tenant's dead letters, newest failure first."""
+    statement = _filtered(tenant, task, error_type)
+    letters, next_cursor = page(session, statement, col(DeadLetter.failed_at), col(DeadLetter.id), limit, cursor)
+    return {"items": _items(gateway, session, letters), "next_cursor": next_cursor}
+
+
+@router.post("/requeue", status_code=202, openapi_extra=_BULK_BODY)
+def requeue_many(tenant: TenantDep, gateway: GatewayDep, session: SessionDep, body: BulkRequeueDep) -> JSONResponse:
+    """Requeue up to `limit` matching dead letters, oldest first: `{"requeued": [job ids]}`."""
+    statement = _filtered(tenant, body.task, body.error_type)
+    statement = statement.order_by(col(DeadLetter.failed_at), col(DeadLetter.id)).limit(body.limit)
+    job_ids = list(dict.fromkeys(letter.job_id for letter in session.exec(statement).all()))
+    requeued = []
+    for job_id in job_ids:
+        try:
+            if _requeue(gateway.store, job_id) is not None:
+                requeued.append(job_id)
+        except IllegalTransition as exc:  # requeued or changed concurrently: skip, report the rest
+            log.info("dead letter of job %s not requeued: %s", job_id, exc)
+    return JSONResponse({"requeued": requeued}, status_code=202)
+
+
+@router.get("/{letter_id}")
+def get_dead_letter(letter_id: str, tenant: TenantDep, gateway: GatewayDep, session: SessionDep) -> dict[str, Any]:
+    return _items(gateway, session, [_load(session, tenant, letter_id)])[0]
+
+
+@router.post("/{letter_id}/requeue", status_code=202)
+def requeue_one(letter_id: str, tenant: TenantDep, gateway: GatewayDep, session: SessionDep) -> JSONResponse:
+    """The job starts again as a new attempt with a fresh retry budget; 202 and the job."""
+    letter = _load(session, tenant, letter_id)
+    try:
+        job = _requeue(gateway.store, letter.job_id)
+    except IllegalTransition as exc:
+        raise ApiError(
+            409, f"job {letter.job_id} cannot be requeued: {exc}", details={"job_id": letter.job_id}
+        ) from None
+    if job is None:
+        raise not_found("dead letter", letter_id)
+    return JSONResponse(views.present(gateway.settings, job, views.snapshot(gateway, job.id)), status_code=202)
+
+
+@router.delete("/{letter_id}", status_code=204)
+def delete_dead_letter(letter_id: str, tenant: TenantDep, session: SessionDep) -> Response:
+    """Forget a dead letter (the job itself stays failed)."""
+    letter = _load(session, tenant, letter_id)
+    session.delete(letter)
+    session.commit()
+    return Response(status_code=204)

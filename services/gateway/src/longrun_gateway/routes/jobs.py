@@ -1,0 +1,151 @@
+"""Jobs: submit, get (with long-poll), list, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query
+from fastapi.responses import JSONResponse
+from sqlmodel import Session, col, select
+from starlette.concurrency import run_in_threadpool
+
+from longrun_common.models import Job
+from longrun_common.states import TERMINAL, JobStatus
+from longrun_common.views import job_view
+
+from .. import views
+from ..deps import TEXT_PATTERN, GatewayDep, SessionDep, StoreDep, TenantDep, json_body
+from ..errors import invalid, not_found
+from ..live import LiveUnavailable
+from ..pagination import DEFAULT_LIMIT, MAX_LIMIT, page
+from ..state import Gateway
+from ..submission import JobRequest, check_idempotency_key, submit
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+_TERMINAL = {status.value for status in TERMINAL}
+DEGRADED_POLL_SECONDS = 1.0
+
+JobRequestDep = Annotated[JobRequest, Depends(json_body(JobRequest))]
+_JOB_BODY = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": JobRequest.model_json_schema()}}}
+}
+
+
+@router.post("", status_code=202, openapi_extra=_JOB_BODY)
+def submit_job(
+    tenant: TenantDep,
+    gateway: GatewayDep,
+    body: JobRequestDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JSONResponse:
+    """Accept a job: 202 and its view; an Idempotency-Key replay returns the same job with 200."""
+    key = check_idempotency_key(idempotency_key)
+    result = submit(gateway, tenant, body, key)
+    if result.created:
+        gateway.metrics.jobs_submitted.labels(result.job.task).inc()
+    view = views.present(gateway.settings, result.job, views.snapshot(gateway, result.job.id))
+    return JSONResponse(
+        view, status_code=202 if result.created else 200, headers={"Location": f"/v1/jobs/{result.job.id}"}
+    )
+
+
+@router.get("")
+def list_jobs(
+    tenant: TenantDep,
+    gateway: GatewayDep,
+    session: SessionDep,
+    status: JobStatus | None = None,
+    task: Annotated[str | None, Query(max_length=128, pattern=TEXT_PATTERN)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> dict[str, Any]:
+    """The tenant's jobs, newest first, cursor-paginated."""
+    statement = select(Job).where(col(Job.tenant) == tenant)
+    if status is not None:
+        statement = statement.where(col(Job.status) == status.value)
+    if task:
+        statement = statement.where(col(Job.task) == task)
+    jobs, next_cursor = page(session, statement, col(Job.created_at), col(Job.id), limit, cursor)
+    return {"items": views.present_many(gateway, jobs), "next_cursor": next_cursor}
+
+
+@router.get("/{job_id}")
+async def get_job(
+    job_id: str,
+    tenant: TenantDep,
+    gateway: GatewayDep,
+    wait: Annotated[float | None, Query(description="long-poll up to this many seconds")] = None,
+    after_seq: Annotated[int, Query(ge=0, description="return once the job's seq is above this")] = 0,
+) -> dict[str, Any]:
+    """The job with its live progress; `?wait=S&after_seq=N` holds the request until seq > N (or terminal)."""
+    if wait is not None and not 0 < wait <= gateway.settings.long_poll_max_seconds:
+        raise invalid(
+            "wait",
+            f"must be above 0 and at most {gateway.settings.long_poll_max_seconds:g} seconds",
+            value=wait,
+            maximum=gateway.settings.long_poll_max_seconds,
+        )
+    job = await run_in_threadpool(_load, gateway, tenant, job_id)  # 404 before subscribing to anything
+    if wait is None:
+        return views.present(gateway.settings, job, await views.asnapshot(gateway, job_id))
+    return await _long_poll(gateway, tenant, job, wait, after_seq)
+
+
+async def _long_poll(gateway: Gateway, tenant: str, job: Job, wait: float, after_seq: int) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        try:
+            return await _wait_for_event(gateway, tenant, job, deadline, after_seq)
+        except LiveUnavailable:
+            pass  # Redis is down: no events. Re-read SQL, then try the subscription again a second later.
+        view = await _current(gateway, tenant, job.id)
+        remaining = deadline - loop.time()
+        if _ready(view, after_seq) or remaining <= 0:
+            return view
+        await asyncio.sleep(min(DEGRADED_POLL_SECONDS, remaining))
+
+
+async def _wait_for_event(gateway: Gateway, tenant: str, job: Job, deadline: float, after_seq: int) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    # Subscribe first (confirmed by Redis), then read the snapshot: nothing published in between is lost.
+    async with gateway.live.watch(job.id) as watch:
+        snap = await views.asnapshot(gateway, job.id)
+        while not _ready(job_view(job, snap), after_seq) and (remaining := deadline - loop.time()) > 0:
+            if not await watch.wait(remaining):
+                break
+            if watch.broken:  # Redis dropped and events may be lost: answer with what is current now
+                return await _current(gateway, tenant, job.id)
+            if watch.seq > after_seq or watch.terminal:
+                snap = await views.asnapshot(gateway, job.id)
+        if not _ready(job_view(job, snap), after_seq):  # timed out: still answer with the freshest state
+            snap = await views.asnapshot(gateway, job.id)
+        return views.present(gateway.settings, job, snap)
+
+
+def _ready(view: dict[str, Any], after_seq: int) -> bool:
+    return int(view.get("seq") or 0) > after_seq or view.get("status") in _TERMINAL
+
+
+async def _current(gateway: Gateway, tenant: str, job_id: str) -> dict[str, Any]:
+    fresh = await run_in_threadpool(_load, gateway, tenant, job_id)
+    return views.present(gateway.settings, fresh, await views.asnapshot(gateway, job_id))
+
+
+def _load(gateway: Gateway, tenant: str, job_id: str) -> Job:
+    with Session(gateway.engine) as session:
+        return views.load_job(session, tenant, job_id)
+
+
+@router.post("/{job_id}/cancel", status_code=202)
+def cancel_job(
+    job_id: str, tenant: TenantDep, gateway: GatewayDep, session: SessionDep, store: StoreDep
+) -> JSONResponse:
+    """Request cancellation: a queued job is cancelled at once, a running one cooperatively then by force."""
+    views.load_job(session, tenant, job_id)
+    job = store.request_cancel(job_id)
+    if job is None:  # deleted in between
+        raise not_found("job", job_id)
+    return JSONResponse(views.present(gateway.settings, job, views.snapshot(gateway, job_id)), status_code=202)

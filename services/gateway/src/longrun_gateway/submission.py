@@ -1,0 +1,223 @@
+"""Submitting a job: validate against the SQL task catalog, honour Idempotency-Key, then JobStore.submit."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kombu.exceptions
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from longrun_common.catalog import TaskPolicy
+from longrun_common.models import IdempotencyKey, Job, TaskRecord, utcnow
+
+from .errors import ApiError, field_path, invalid, invalid_many
+from .state import Gateway
+
+log = logging.getLogger(__name__)
+
+QUEUE_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+_KEY_PATTERN = re.compile(r"^[\x20-\x7e]{1,255}$")
+MAX_ARG_ERRORS = 20
+
+
+class JobRequest(BaseModel):
+    """`POST /v1/jobs` body. Strict: no coercion, no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    task: str = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
+    args: dict[str, Any] = Field(default_factory=dict)
+    queue: str | None = Field(None, pattern=QUEUE_PATTERN)
+    priority: int = Field(0, ge=0, le=9)
+    soft_time_limit: float | None = Field(None, gt=0)
+    time_limit: float | None = Field(None, gt=0)
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON of the request (sorted keys, defaults filled in)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass
+class Submitted:
+    job: Job
+    created: bool  # False: an Idempotency-Key replay of an earlier submission
+
+
+def check_idempotency_key(value: str | None) -> str | None:
+    """None when absent; 422 unless 1-255 printable ASCII characters."""
+    if value is None:
+        return None
+    if not _KEY_PATTERN.match(value):
+        raise invalid("Idempotency-Key", "must be 1-255 printable ASCII characters", value=value[:100])
+    return value
+
+
+def load_task(session: Session, name: str) -> tuple[TaskRecord, TaskPolicy]:
+    """The task's catalog row and policy, or 422 listing the known tasks."""
+    record = session.get(TaskRecord, name)
+    if record is None:
+        known = sorted(session.exec(select(TaskRecord.name)).all())
+        listing = ", ".join(known) if known else "none registered yet (start a worker)"
+        raise invalid("task", f"unknown task {name!r}; known tasks: {listing}", value=name, known=known)
+    try:
+        policy = TaskPolicy.model_validate(record.policy or {})
+    except ValidationError:
+        log.error("task %s has an invalid policy in the catalog; using defaults", name)
+        policy = TaskPolicy()
+    return record, policy
+
+
+@functools.lru_cache(maxsize=256)
+def _validator(schema_json: str) -> Draft202012Validator:
+    """A checked validator per distinct schema (the catalog changes rarely; checking is not free)."""
+    schema = json.loads(schema_json)
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def check_args(record: TaskRecord, args: dict[str, Any]) -> None:
+    """Validate args against the task's JSON Schema (Draft 2020-12); each problem names its field."""
+    try:
+        validator = _validator(json.dumps(record.args_schema or {}, sort_keys=True))
+        errors = sorted(validator.iter_errors(args), key=lambda e: [str(p) for p in e.absolute_path])
+    except (SchemaError, re.error, TypeError, ValueError):
+        log.exception("task %s has an invalid args_schema in the catalog", record.name)
+        raise ApiError(
+            503,
+            f"task {record.name!r} has an invalid args schema in the catalog; redeploy its worker",
+            code="unavailable",
+            details={"dependency": "catalog"},
+        ) from None
+    if not errors:
+        return
+    problems = []
+    for error in errors[:MAX_ARG_ERRORS]:
+        loc: list[Any] = list(error.absolute_path)
+        if error.validator == "required" and isinstance(error.instance, dict):
+            missing = [p for p in error.validator_value if p not in error.instance]
+            named = [p for p in missing if error.message.startswith(repr(p))]
+            loc.append((named or missing or ["?"])[0])
+        problems.append({"field": field_path(loc, root="args"), "message": error.message})
+    raise invalid_many(problems)
+
+
+def time_limits(request: JobRequest, policy: TaskPolicy) -> tuple[float | None, float | None]:
+    """The job's (soft, hard) limits: asked-for values within policy bounds, defaults from the policy."""
+    bound = policy.max_time_limit
+    for name in ("soft_time_limit", "time_limit"):
+        value = getattr(request, name)
+        if value is not None and value > bound:
+            raise invalid(
+                name, f"{value:g} is above this task's maximum of {bound:g} seconds", value=value, maximum=bound
+            )
+    soft = request.soft_time_limit if request.soft_time_limit is not None else policy.soft_time_limit
+    hard = request.time_limit if request.time_limit is not None else policy.time_limit
+    if soft is not None and hard is not None and soft >= hard:
+        field = "soft_time_limit" if request.soft_time_limit is not None else "time_limit"
+        raise invalid(
+            field, f"soft_time_limit ({soft:g}) must be below time_limit ({hard:g})", value=getattr(request, field)
+        )
+    return soft, hard
+
+
+def build_job(gateway: Gateway, tenant: str, request: JobRequest) -> Job:
+    """Validate the request against the catalog and build the (unsaved) job row."""
+    with Session(gateway.engine) as session:
+        record, policy = load_task(session, request.task)
+    check_args(record, request.args)
+    soft, hard = time_limits(request, policy)
+    return Job(
+        tenant=tenant,
+        task=request.task,
+        queue=request.queue or policy.queue or gateway.settings.default_queue,
+        priority=request.priority,
+        args=request.args,
+        max_attempts=policy.max_attempts,
+        soft_time_limit=soft,
+        time_limit=hard,
+    )
+
+
+def submit(gateway: Gateway, tenant: str, request: JobRequest, key: str | None) -> Submitted:
+    """Accept a job; with an Idempotency-Key, a repeat of the same body returns the first job."""
+    digest = request.digest()
+    if key is not None:
+        existing = find_key(gateway, tenant, key)
+        if existing is not None:
+            return replay(gateway, existing, digest, key)
+    job = build_job(gateway, tenant, request)
+    idempotency = None
+    if key is not None:
+        expires = utcnow() + timedelta(seconds=gateway.settings.idempotency_ttl_seconds)
+        idempotency = IdempotencyKey(tenant=tenant, key=key, request_hash=digest, job_id=job.id, expires_at=expires)
+    try:
+        gateway.store.submit(job, idempotency)
+    except IntegrityError:
+        # Two requests with one key raced; the loser's transaction (job and key) rolled back as a whole.
+        existing = find_key(gateway, tenant, key) if key is not None else None
+        if existing is None:
+            raise
+        return replay(gateway, existing, digest, key or "")
+    except kombu.exceptions.OperationalError as exc:
+        # The row is committed and the queued event published; only the broker send failed. The job is
+        # accepted: the reconciler re-sends messages for queued jobs.
+        log.warning("job %s accepted but its message is not sent yet: %s", job.id, exc)
+    return Submitted(job, created=True)
+
+
+def find_key(gateway: Gateway, tenant: str, key: str) -> IdempotencyKey | None:
+    """The live key, or None; an expired key is deleted so the new request replaces it."""
+    now = utcnow()
+    with Session(gateway.engine) as session:
+        row = session.get(IdempotencyKey, (tenant, key))
+        if row is None:
+            return None
+        expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
+        if expires > now:
+            return row
+        # Conditional: never delete a key a concurrent request has just renewed.
+        session.execute(
+            delete(IdempotencyKey).where(
+                col(IdempotencyKey.tenant) == tenant,
+                col(IdempotencyKey.key) == key,
+                col(IdempotencyKey.expires_at) <= _sql_time(session, now),
+            )
+        )
+        session.commit()
+        return None
+
+
+def replay(gateway: Gateway, existing: IdempotencyKey, digest: str, key: str) -> Submitted:
+    if existing.request_hash != digest:
+        raise ApiError(
+            409,
+            f"Idempotency-Key {key!r} was already used with a different request body",
+            code="idempotency_conflict",
+            details={"idempotency_key": key},
+        )
+    job = gateway.store.get(existing.job_id)
+    if job is None:  # impossible through the foreign key; say so rather than crash
+        raise ApiError(
+            409,
+            f"Idempotency-Key {key!r} refers to a job that no longer exists",
+            code="idempotency_conflict",
+            details={"idempotency_key": key},
+        )
+    return Submitted(job, created=False)
+
+
+def _sql_time(session: Session, value: datetime) -> datetime:
+    return value.replace(tzinfo=None) if session.get_bind().dialect.name == "sqlite" else value

@@ -1,0 +1,125 @@
+"""Dead letters: list with filters and pages, inspect, requeue one or many, delete; all tenant-scoped."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import redis
+from gateway_support import ACME, DEV, error_of, gateway_of, submit
+
+from longrun_common.events import JobError
+from longrun_common.states import JobStatus
+from tests.support.jobs import queued_messages
+
+pytestmark = pytest.mark.integration
+
+
+async def fail(
+    client: httpx.AsyncClient, error_type: str = "ValueError", headers: dict[str, str] = DEV, **body: object
+) -> str:
+    """A job that exhausted its attempts: failed, with a dead letter (as the worker leaves it)."""
+    job = await submit(client, headers=headers, **body)
+    ended = gateway_of(client).store.finish_if(
+        job["id"],
+        1,
+        JobStatus.FAILED,
+        only_from=(JobStatus.QUEUED,),
+        error=JobError(type=error_type, message=f"{error_type} happened", traceback="Traceback: secret"),
+        dead_letter=True,
+    )
+    assert ended
+    return str(job["id"])
+
+
+async def letters(client: httpx.AsyncClient, query: str = "", headers: dict[str, str] = DEV) -> dict[str, object]:
+    response = await client.get(f"/v1/dead-letters{query}", headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+async def test_list_filter_and_paginate(client: httpx.AsyncClient) -> None:
+    a = await fail(client, "ValueError")
+    b = await fail(client, "TimeoutError")
+    c = await fail(client, "ValueError", task="reports.build", args={})
+    await fail(client, "ValueError", headers=ACME)
+    body = await letters(client)
+    items = body["items"]
+    assert isinstance(items, list) and body["next_cursor"] is None
+    assert [i["job_id"] for i in items] == [c, b, a]  # newest failure first
+    first = items[0]
+    assert set(first) == {"id", "job_id", "task", "error", "attempts", "failed_at", "job"}
+    assert first["task"] == "reports.build" and first["attempts"] == 1 and first["failed_at"].endswith("Z")
+    assert first["error"] == {"type": "ValueError", "message": "ValueError happened", "retryable": False}
+    assert first["job"]["id"] == c and first["job"]["status"] == "failed" and "stream" in first["job"]
+    only_values = await letters(client, "?error_type=ValueError")
+    assert [i["job_id"] for i in only_values["items"]] == [c, a]  # type: ignore[index]
+    only_demo = await letters(client, "?task=demo.steps&error_type=TimeoutError")
+    assert [i["job_id"] for i in only_demo["items"]] == [b]  # type: ignore[index]
+    page1 = await letters(client, "?limit=2")
+    page2 = await letters(client, f"?limit=2&cursor={page1['next_cursor']}")
+    assert [i["job_id"] for i in page1["items"] + page2["items"]] == [c, b, a]  # type: ignore[operator]
+    assert page2["next_cursor"] is None
+
+
+async def test_get_and_tenant_isolation(client: httpx.AsyncClient) -> None:
+    await fail(client)
+    [letter] = (await letters(client))["items"]  # type: ignore[misc]
+    got = await client.get(f"/v1/dead-letters/{letter['id']}", headers=DEV)
+    assert got.status_code == 200 and got.json()["job_id"] == letter["job_id"]
+    assert (await letters(client, headers=ACME))["items"] == []
+    for method, suffix in [("GET", ""), ("POST", "/requeue"), ("DELETE", "")]:
+        response = await client.request(method, f"/v1/dead-letters/{letter['id']}{suffix}", headers=ACME)
+        assert response.status_code == 404 and error_of(response)["code"] == "not_found"
+    bulk = await client.post("/v1/dead-letters/requeue", json={}, headers=ACME)
+    assert bulk.json() == {"requeued": []}
+    assert len((await letters(client))["items"]) == 1  # type: ignore[arg-type]  # still there for its owner
+
+
+async def test_requeue_one(client: httpx.AsyncClient, redis_client: redis.Redis, key_prefix: str) -> None:
+    job_id = await fail(client)
+    [letter] = (await letters(client))["items"]  # type: ignore[misc]
+    before = len(queued_messages(redis_client, key_prefix))
+    response = await client.post(f"/v1/dead-letters/{letter['id']}/requeue", headers=DEV)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["id"] == job_id and job["status"] == "queued" and job["attempt"] == 2
+    assert job["max_attempts"] == 5 and job["error"] is None  # a fresh budget of the policy's 4 attempts
+    assert len(queued_messages(redis_client, key_prefix)) == before + 1  # a new message for attempt 2
+    assert (await client.get(f"/v1/dead-letters/{letter['id']}", headers=DEV)).status_code == 404
+    again = await client.post(f"/v1/dead-letters/{letter['id']}/requeue", headers=DEV)
+    assert again.status_code == 404
+
+
+async def test_bulk_requeue_by_filter(client: httpx.AsyncClient) -> None:
+    a = await fail(client, "ValueError")
+    await fail(client, "TimeoutError")
+    c = await fail(client, "ValueError")
+    response = await client.post("/v1/dead-letters/requeue", json={"error_type": "ValueError", "limit": 1}, headers=DEV)
+    assert response.status_code == 202 and response.json() == {"requeued": [a]}  # oldest first
+    response = await client.post("/v1/dead-letters/requeue", json={"error_type": "ValueError"}, headers=DEV)
+    assert response.json() == {"requeued": [c]}
+    remaining = (await letters(client))["items"]
+    assert [i["error"]["type"] for i in remaining] == ["TimeoutError"]  # type: ignore[index,union-attr]
+    everything = await client.post("/v1/dead-letters/requeue", headers=DEV)  # no body: every dead letter
+    assert len(everything.json()["requeued"]) == 1
+
+
+async def test_bulk_requeue_validates_its_body(client: httpx.AsyncClient) -> None:
+    for body, message in [
+        ({"limit": 501}, "limit: Input should be less than or equal to 500"),
+        ({"limit": 0}, "limit: Input should be greater than or equal to 1"),
+        ({"status": "failed"}, "status: Extra inputs are not permitted"),
+        ({"task": 3}, "task: Input should be a valid string"),
+    ]:
+        response = await client.post("/v1/dead-letters/requeue", json=body, headers=DEV)
+        assert response.status_code == 422 and error_of(response)["message"] == message, body
+
+
+async def test_delete(client: httpx.AsyncClient) -> None:
+    job_id = await fail(client)
+    [letter] = (await letters(client))["items"]  # type: ignore[misc]
+    response = await client.delete(f"/v1/dead-letters/{letter['id']}", headers=DEV)
+    assert response.status_code == 204 and response.content == b""
+    assert (await letters(client))["items"] == []
+    assert (await client.delete(f"/v1/dead-letters/{letter['id']}", headers=DEV)).status_code == 404
+    assert (await client.get(f"/v1/jobs/{job_id}", headers=DEV)).json()["status"] == "failed"  # job untouched

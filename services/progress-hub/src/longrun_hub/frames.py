@@ -1,0 +1,88 @@
+"""What the hub sends: job events as published (forwarded verbatim) and the hub's own frames."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from longrun_common.events import dumps
+from longrun_common.views import snapshot_job
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+# Job ids are UUIDs; anything that could not be one never reaches a Redis key (":" would name another key).
+JOB_ID = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+
+
+def valid_job_id(value: object) -> bool:
+    return isinstance(value, str) and JOB_ID.fullmatch(value) is not None
+
+
+@dataclass(slots=True)
+class Event:
+    """One job event: the publisher's JSON text plus the few fields the hub routes on."""
+
+    seq: int
+    type: str
+    status: str
+    ts: float
+    text: str
+    data: dict[str, Any]
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def is_progress(self) -> bool:
+        """Only progress events may be coalesced; status changes never are."""
+        return self.type == "progress"
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> Event | None:
+        """An event from its JSON; None for anything that is not one (never raises on bad data)."""
+        try:
+            text = raw.decode() if isinstance(raw, bytes) else raw
+            data = json.loads(text)
+            return cls(int(data["seq"]), str(data["type"]), str(data["status"]), float(data["ts"]), text, data)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            return None
+
+    def coalesced_text(self, skipped: int) -> str:
+        """The event's frame, saying how many earlier progress events it stands for."""
+        return dumps({**self.data, "coalesced": skipped})
+
+
+def snapshot_frame(job_id: str, snapshot: dict[str, Any]) -> str:
+    """`{"type": "snapshot", "job_id", "job": {…}, "seq": n}`."""
+    return dumps({"type": "snapshot", "job_id": job_id, "job": snapshot_job(job_id, snapshot),
+                  "seq": int(snapshot.get("seq", 0))})
+
+
+def reconnect_frame(reason: str, since: int | dict[str, int]) -> str:
+    """The hint sent before a 1012 close: where to resume (a seq, or a seq per job on the multiplexed socket)."""
+    return dumps({"type": "reconnect", "reason": reason, "since": since})
+
+
+def error_frame(job_id: str | None, code: int, message: str) -> str:
+    """A per-job error on the multiplexed socket (the socket itself stays open)."""
+    return dumps({"type": "error", "job_id": job_id, "code": code, "message": message})
+
+
+def parse_since(value: object) -> int | None:
+    """A `since` / `Last-Event-ID` value as a seq; ValueError with a message for anything else."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"since must be a non-negative integer, got {value!r}")
+    if isinstance(value, int):
+        seq = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        seq = int(value.strip())
+    else:
+        raise ValueError(f"since must be a non-negative integer, got {value!r}")
+    if seq < 0:
+        raise ValueError(f"since must be a non-negative integer, got {value!r}")
+    return seq

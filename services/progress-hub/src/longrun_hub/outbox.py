@@ -1,0 +1,257 @@
+"""One client connection's bounded outbox and the loop that drains it into the socket.
+
+Producers (the Redis listener, the seam, repairs) only ever append synchronously; one sender coroutine per
+connection awaits the socket. Backpressure, in order:
+
+1. below `hub_queue_size` queued frames everything is queued;
+2. from there on, a progress event replaces the job's newest queued frame when that one is a progress
+   event too (the frame then carries `"coalesced": k`, the number of events it stands for besides itself);
+   status changes, snapshots and the terminal event are always queued, never replaced;
+3. at `hub_queue_limit` frames, or when one send waits longer than `hub_send_timeout`, the client is too
+   slow: it is closed with 1013 and resumes with `since` (nothing it received is lost, nothing is resent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from longrun_common.settings import Settings
+
+from .frames import Event, reconnect_frame
+from .metrics import HubMetrics
+
+if TYPE_CHECKING:
+    from .hub import Hub, Watcher
+
+log = logging.getLogger(__name__)
+
+PROGRESS, STATUS, SNAPSHOT, CONTROL = range(4)
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_INTERNAL = 1011
+CLOSE_RESTART = 1012
+CLOSE_TRY_AGAIN = 1013
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+
+
+class Disconnected(Exception):
+    """The peer is gone; nothing more can be sent."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    queue_size: int
+    queue_limit: int
+    send_timeout: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(settings.hub_queue_size, max(settings.hub_queue_limit, settings.hub_queue_size + 1),
+                   settings.hub_send_timeout)
+
+
+class Item:
+    """A queued frame. Event frames keep their Event so a coalesced one can be rewritten."""
+
+    __slots__ = ("close", "event", "job_id", "kind", "live", "seq", "skipped", "text")
+
+    def __init__(self, kind: int, job_id: str, seq: int, text: str, event: Event | None = None,
+                 live: bool = False, close: tuple[int, str] | None = None) -> None:
+        self.kind = kind
+        self.job_id = job_id
+        self.seq = seq
+        self.text = text
+        self.event = event
+        self.live = live
+        self.skipped = 0
+        self.close = close
+
+
+class Connection:
+    """Base of the WebSocket and SSE connections: queueing, coalescing, closing, and the sender loop."""
+
+    transport: ClassVar[str] = "ws"
+    multiplexed: ClassVar[bool] = False
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.limits: Limits = hub.limits
+        self.metrics: HubMetrics = hub.metrics
+        self.items: deque[Item] = deque()
+        self.tail: dict[str, Item] = {}  # job id -> its newest queued frame (the only one coalescing may touch)
+        self.watchers: dict[str, Watcher] = {}
+        self.closing = False  # a close is queued: accept nothing more
+        self.gone = False  # the peer left
+        self._waiter: asyncio.Future[None] | None = None
+        self._lifetime: asyncio.TimerHandle | None = None
+
+    # --- producer side (synchronous; called by the listener, the seam and repairs) ------------------------
+
+    def push_event(self, watcher: Watcher, event: Event, live: bool) -> None:
+        """Queue one event for a watcher (already checked to be its next seq)."""
+        if self.closing:
+            return
+        items = self.items
+        if len(items) >= self.limits.queue_size and event.is_progress:
+            last = self.tail.get(watcher.job_id)
+            if last is not None and last.kind == PROGRESS and last.event is not None:
+                skipped = last.skipped + 1
+                last.seq, last.event, last.live, last.skipped = event.seq, event, live, skipped
+                last.text = event.coalesced_text(skipped)
+                self.metrics.coalesced.inc()
+                return
+        if len(items) >= self.limits.queue_limit:
+            self.too_slow()
+            return
+        item = Item(PROGRESS if event.is_progress else STATUS, watcher.job_id, event.seq, event.text, event, live)
+        items.append(item)
+        self.tail[watcher.job_id] = item
+        self._wake()
+
+    def push_snapshot(self, watcher: Watcher, seq: int, text: str) -> None:
+        if self.closing:
+            return
+        item = Item(SNAPSHOT, watcher.job_id, seq, text)
+        self.items.append(item)
+        self.tail[watcher.job_id] = item
+        self._wake()
+
+    def push_control(self, text: str | None, close: tuple[int, str] | None = None, job_id: str = "") -> None:
+        """A hub frame (reconnect, error) and/or a close; bypasses the bounds, and a close ends the queue."""
+        if self.closing:
+            return
+        self.items.append(Item(CONTROL, job_id, 0, text or "", close=close))
+        if close is not None:
+            self.closing = True
+        self._wake()
+
+    def close(self, code: int, reason: str) -> None:
+        """Close after everything already queued has been sent."""
+        self.push_control(None, (code, reason))
+
+    def too_slow(self) -> None:
+        """The client cannot keep up even with coalescing: drop its queue and close it with 1013."""
+        if self.closing:
+            return
+        log.info("closing a %s client that cannot keep up (%d frames queued)", self.transport, len(self.items))
+        self.metrics.slow_clients.inc()
+        self.items.clear()
+        self.tail.clear()
+        self.push_control(None, (CLOSE_TRY_AGAIN, "client too slow; reconnect with since"))
+        self.hub.release_all(self)
+
+    def reconnect(self, reason: str) -> None:
+        """Tell the client where to resume, then close 1012 (max lifetime, shutdown)."""
+        if self.closing:
+            return
+        since: int | dict[str, int]
+        if self.multiplexed:
+            since = {job_id: w.last for job_id, w in self.watchers.items() if w.last >= 0}
+        else:
+            watcher = next(iter(self.watchers.values()), None)
+            since = watcher.last if watcher is not None and watcher.last >= 0 else 0
+        self.push_control(reconnect_frame(reason, since), (CLOSE_RESTART, reason))
+        self.hub.release_all(self)
+
+    def job_finished(self, watcher: Watcher) -> None:
+        """The watcher's terminal event is queued: single-job connections close after it (1000)."""
+        if not self.multiplexed:
+            self.close(CLOSE_NORMAL, "job finished")
+
+    def peer_left(self) -> None:
+        self.gone = True
+        self.closing = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- lifetime --------------------------------------------------------------------------------------------
+
+    def start_lifetime(self, seconds: float) -> None:
+        if seconds > 0:
+            self._lifetime = asyncio.get_running_loop().call_later(seconds, self.reconnect, "max_lifetime")
+
+    def stop_lifetime(self) -> None:
+        if self._lifetime is not None:
+            self._lifetime.cancel()
+            self._lifetime = None
+
+    # --- consumer side ----------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Send queued frames until a close is sent, the client is too slow, or the peer leaves."""
+        loop = asyncio.get_running_loop()
+        items = self.items
+        try:
+            while True:
+                while not items:
+                    if self.gone:
+                        return
+                    self._waiter = loop.create_future()
+                    try:
+                        await self._waiter
+                    finally:
+                        self._waiter = None
+                if self.gone:
+                    return
+                item = items.popleft()
+                if self.tail.get(item.job_id) is item:
+                    del self.tail[item.job_id]
+                try:
+                    async with asyncio.timeout(self.limits.send_timeout):
+                        if item.text:
+                            await self.send_item(item)
+                        if item.close is not None:
+                            await self.send_close(*item.close)
+                            return
+                except TimeoutError:
+                    if item.close is None:
+                        self.too_slow()
+                        await self._final_close(items)
+                    return
+                self._count(item)
+        except Disconnected:
+            self.gone = True
+
+    async def _final_close(self, items: deque[Item]) -> None:
+        """Send the 1013 close queued by too_slow, if the socket takes it in time (a client that reads
+        again soon still learns why it was closed, after the frames already in flight)."""
+        while items:
+            item = items.popleft()
+            if item.close is not None:
+                try:
+                    async with asyncio.timeout(2 * self.limits.send_timeout):
+                        await self.send_close(*item.close)
+                except (TimeoutError, Disconnected):
+                    pass
+                return
+
+    def _count(self, item: Item) -> None:
+        kind = item.kind
+        metrics = self.metrics
+        if kind in (PROGRESS, STATUS):
+            metrics.delivered_by[self.transport].inc()
+            if item.live and item.event is not None:
+                metrics.lag_by[self.transport].observe(max(0.0, time.time() - item.event.ts))
+        elif kind == SNAPSHOT:
+            metrics.snapshots_by[self.transport].inc()
+
+    # --- transport-specific -----------------------------------------------------------------------------------
+
+    async def send_item(self, item: Item) -> None:
+        raise NotImplementedError
+
+    async def send_close(self, code: int, reason: str) -> None:
+        raise NotImplementedError

@@ -1,0 +1,121 @@
+"""Pure logic, no I/O: outbox coalescing and bounds, frame parsing, token extraction."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from longrun_common.events import dumps
+from longrun_common.tokens import StreamScope, TokenError, mint
+from longrun_hub.auth import authorize, token_from
+from longrun_hub.frames import Event, parse_since, valid_job_id
+from longrun_hub.metrics import HubMetrics
+from longrun_hub.outbox import CLOSE_TRY_AGAIN, CONTROL, Connection, Limits
+
+pytestmark = pytest.mark.unit
+
+
+def event(seq: int, kind: str = "progress", status: str = "running", job: str = "j") -> Event:
+    text = dumps({"seq": seq, "type": kind, "job_id": job, "ts": 1.0, "status": status, "progress": {"current": seq}})
+    parsed = Event.parse(text)
+    assert parsed is not None
+    return parsed
+
+
+class FakeHub(SimpleNamespace):
+    def release_all(self, conn: Any) -> None:
+        self.released = True
+
+
+def connection(queue_size: int = 3, queue_limit: int = 6) -> Connection:
+    hub = FakeHub(limits=Limits(queue_size, queue_limit, 1.0), metrics=HubMetrics(), released=False)
+    return Connection(hub)  # type: ignore[arg-type]
+
+
+def watcher(job: str = "j") -> Any:
+    return SimpleNamespace(job_id=job, last=0)
+
+
+def test_progress_is_coalesced_into_the_newest_queued_frame_only_under_pressure() -> None:
+    conn, w = connection(), watcher()
+    for seq in range(1, 4):
+        conn.push_event(w, event(seq), live=True)
+    assert [i.seq for i in conn.items] == [1, 2, 3]  # below the bound: everything queued
+    for seq in range(4, 8):
+        conn.push_event(w, event(seq), live=True)
+    assert [i.seq for i in conn.items] == [1, 2, 7]
+    newest = json.loads(conn.items[-1].text)
+    assert newest["seq"] == 7 and newest["coalesced"] == 4 and newest["progress"] == {"current": 7}
+    assert conn.metrics.coalesced._value.get() == 4
+
+
+def test_status_changes_are_never_coalesced_and_fence_coalescing() -> None:
+    conn, w = connection(queue_size=2, queue_limit=10), watcher()
+    conn.push_event(w, event(1), live=True)
+    conn.push_event(w, event(2, "status", "retrying"), live=True)
+    conn.push_event(w, event(3), live=True)  # the newest queued frame is a status: queued, not merged
+    conn.push_event(w, event(4), live=True)  # merged into 3
+    conn.push_event(w, event(5, "status", "succeeded"), live=True)
+    assert [(i.seq, i.skipped) for i in conn.items] == [(1, 0), (2, 0), (4, 1), (5, 0)]
+
+
+def test_other_jobs_frames_are_not_touched() -> None:
+    conn, a, b = connection(queue_size=1, queue_limit=10), watcher("a"), watcher("b")
+    conn.push_event(a, event(1, job="a"), live=True)
+    conn.push_event(b, event(1, job="b"), live=True)
+    conn.push_event(a, event(2, job="a"), live=True)  # a's newest queued frame is behind b's: still merged
+    assert [(i.job_id, i.seq) for i in conn.items] == [("a", 2), ("b", 1)]
+
+
+def test_a_client_over_the_limit_is_closed_1013_and_released() -> None:
+    conn = connection(queue_size=2, queue_limit=4)
+    for n in range(5):  # five jobs: nothing to coalesce
+        conn.push_event(watcher(f"j{n}"), event(1, job=f"j{n}"), live=True)
+    assert conn.closing and conn.hub.released
+    assert len(conn.items) == 1 and conn.items[0].kind == CONTROL
+    assert conn.items[0].close is not None and conn.items[0].close[0] == CLOSE_TRY_AGAIN
+    conn.push_event(watcher(), event(9), live=True)  # nothing more is accepted
+    assert len(conn.items) == 1
+
+
+def test_event_parse_rejects_garbage() -> None:
+    assert Event.parse(b"not json") is None
+    assert Event.parse(b'{"seq": 1}') is None
+    assert Event.parse(b"\xff") is None
+    parsed = event(3, "status", "failed")
+    assert parsed.terminal and not parsed.is_progress
+
+
+@pytest.mark.parametrize(("raw", "expected"), [(None, None), ("", None), ("0", 0), (" 12 ", 12), (7, 7)])
+def test_parse_since(raw: object, expected: int | None) -> None:
+    assert parse_since(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["-1", "1.5", "x", -2, True, 1.0, [1]])
+def test_parse_since_rejects(raw: object) -> None:
+    with pytest.raises(ValueError, match="since"):
+        parse_since(raw)
+
+
+def test_job_ids() -> None:
+    assert valid_job_id("0b9c2d8e-8a51-4c1e-9d7e-2f0c4b1a9e33")
+    for bad in ("", "a:b", "a b", "x" * 129, None, 5):
+        assert not valid_job_id(bad)
+
+
+def test_tokens() -> None:
+    secret = "s" * 40
+    token = mint(secret, "dev", "j1", 60)[0]
+    assert token_from({"token": [token]}, []) == token
+    assert token_from({}, [(b"Authorization", f"Bearer {token}".encode())]) == token
+    assert token_from({}, [(b"authorization", b"Basic abc")]) == ""
+    assert authorize(secret, token, "j1") == StreamScope("dev", "j1")
+    with pytest.raises(PermissionError):
+        authorize(secret, token, "j2")
+    with pytest.raises(TokenError):
+        authorize("t" * 40, token, "j1")
+    with pytest.raises(TokenError):
+        authorize(secret, "", "j1")

@@ -1,0 +1,31 @@
+"""The reaper and reconciler run inside the gateway too: a lost job is recovered with every worker gone."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from longrun_common.jobs import JobStore
+from longrun_common.states import JobStatus
+from tests.support.fixtures import ServiceFactory
+from tests.support.jobs import queued_messages, submit
+
+pytestmark = pytest.mark.integration
+
+
+def test_gateway_reaps_a_lost_job_with_no_worker_running(services: ServiceFactory, job_store: JobStore) -> None:
+    job = submit(job_store, "demo.steps", {"steps": 5})
+    # A worker took attempt 1 and died: running in SQL, with a lease that has already expired.
+    assert job_store.begin_attempt(job.id, 1, "gone@host")
+    job_store.redis.zadd(job_store.keys.leases(), {job.id: time.time() - 1})
+    services("gateway", env={"LONGRUN_REAPER_INTERVAL": "0.2"})
+    deadline = time.monotonic() + 15
+    while (current := job_store.get(job.id)) is not None and current.attempt < 2:
+        assert time.monotonic() < deadline, "the gateway's reaper never requeued the job"
+        time.sleep(0.05)
+    assert current is not None and current.status == JobStatus.RETRYING.value
+    assert current.error is not None and current.error["type"] == "lost"
+    # ...and the message for attempt 2 is on the queue for whichever worker comes next.
+    (message,) = queued_messages(job_store.redis, job_store.keys.prefix)
+    assert message["headers"]["id"] == f"{job.id}.2"
