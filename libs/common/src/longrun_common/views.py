@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .models import Job
+if TYPE_CHECKING:  # the hub builds views without SQL; importing the models would cost it a second at start
+    from .models import Job
 
 
 def iso(value: datetime | float | None) -> str | None:
