@@ -159,3 +159,27 @@ def test_revived_stale_worker_is_fenced_off(services: ServiceFactory, store: Job
     while "superseded" not in stale.logs():
         assert time.monotonic() < deadline, stale.logs()[-3000:]
         time.sleep(0.1)
+
+
+def test_redis_restart_mid_job_keeps_seq_and_owner(services: ServiceFactory, settings: Settings) -> None:
+    private = RedisServer().start()
+    own = settings.model_copy(update={"redis_url": private.url})
+    store = make_store(own)
+    try:
+        services("worker", "--concurrency", "1", env={"LONGRUN_REDIS_URL": private.url, **FAST})
+        job = submit(store, "demo.steps", {"steps": 60, "delay": 0.05})
+        waiting = submit(store, "demo.steps", {"steps": 2})  # queued behind it
+        deadline = time.monotonic() + 30
+        while int(store.redis.hget(store.keys.job(job.id), "seq") or 0) < 10:
+            assert time.monotonic() < deadline, "job never got going"
+            time.sleep(0.05)
+        seen = int(store.redis.hget(store.keys.job(job.id), "seq") or 0)
+        private.restart()  # no persistence: every key is gone, the running task goes on
+        done = wait_for(store, [job.id, waiting.id], timeout=60)
+        assert [j.status for j in done] == ["succeeded", "succeeded"]
+        after = events(store, job.id)
+        assert after and after[0]["seq"] > seen  # seq went on from where it was, never back to 1
+        assert store.redis.hget(store.keys.job(job.id), "tenant") == b"dev"  # owner restored for the hub
+    finally:
+        close_store(store)
+        private.stop()

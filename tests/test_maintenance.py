@@ -7,9 +7,10 @@ import time
 import pytest
 
 from longrun_common.jobs import JobStore
+from longrun_common.settings import Settings
 from longrun_common.states import JobStatus
 from tests.support.fixtures import ServiceFactory
-from tests.support.jobs import queued_messages, submit
+from tests.support.jobs import close_store, make_store, queued_messages, submit, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -32,3 +33,15 @@ def test_gateway_reaps_a_lost_job_with_no_worker_running(services: ServiceFactor
         assert time.monotonic() < deadline, f"no message for attempt 2: {ids}"
         time.sleep(0.05)
     assert ids == {f"{job.id}.1", f"{job.id}.2"}
+
+
+def test_job_whose_message_was_never_sent_is_sent_by_the_reconciler(
+    services: ServiceFactory, job_store: JobStore, settings: Settings
+) -> None:
+    unsent = make_store(settings, with_celery=False)  # commits and announces, but the broker send "fails"
+    job = submit(unsent, "demo.steps", {"steps": 2})
+    close_store(unsent)
+    assert queued_messages(job_store.redis, job_store.keys.prefix) == []
+    services("worker", env={"LONGRUN_REAPER_INTERVAL": "0.3"})
+    (done,) = wait_for(job_store, [job.id], timeout=30)
+    assert done.status == "succeeded"

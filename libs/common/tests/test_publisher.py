@@ -82,3 +82,13 @@ def test_lease_and_cancel_flag(redis_client: redis.Redis, key_prefix: str) -> No
     assert done.cancel_requested
     assert redis_client.zscore(keys.leases(), "j4") is None
     assert redis_client.ttl(keys.job("j4")) > 0
+
+
+def test_lost_hash_continues_after_the_known_seq(redis_client: redis.Redis, key_prefix: str) -> None:
+    keys = Keys(key_prefix)
+    pub = Publisher(keys)
+    for _ in range(3):
+        pub.publish(redis_client, spec("j5", seq_floor=0))
+    redis_client.delete(keys.job("j5"), keys.stream("j5"))  # Redis lost the job (restart, flush)
+    assert pub.publish(redis_client, spec("j5", seq_floor=3)).seq == 4
+    assert pub.publish(redis_client, spec("j5", seq_floor=0)).seq == 5  # the floor only seeds a missing hash

@@ -38,3 +38,4 @@ def test_backoff_is_exponential_capped_and_jittered() -> None:
     jittered = TaskPolicy(backoff_base=1, backoff_max=100)
     values = {round(jittered.backoff(3), 6) for _ in range(20)}
     assert len(values) > 1 and all(2.0 <= v <= 4.0 for v in values)
+

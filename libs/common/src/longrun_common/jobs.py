@@ -85,10 +85,13 @@ class JobStore:
         after Redis lost the job."""
         published = self.publisher.publish(
             self.redis,
-            EventSpec(job.id, "status", JobStatus(job.status), job.attempt, fields=creation_fields(job)),
+            EventSpec(job.id, "status", JobStatus(job.status), job.attempt, fields=creation_fields(job),
+                      seq_floor=job.seq),
         )
         if self.celery is not None:
             send_job(self.celery, self.keys, job)
+            # Marks the message as sent: the reconciler resends a queued job whose send never happened.
+            self.redis.hset(self.keys.job(job.id), "dispatched", str(job.attempt))
         return published
 
     # --- cancellation -----------------------------------------------------------------------------------
@@ -182,6 +185,7 @@ class JobStore:
         result: Any = None,
         progress: Progress | None = None,
         dead_letter: bool = False,
+        seq_floor: int = 0,
     ) -> bool:
         """End the job (succeeded/failed/cancelled) if it is still at `attempt` in `only_from`; publish the
         terminal event; dead-letter a failure when asked. Returns whether this call ended it."""
@@ -207,7 +211,7 @@ class JobStore:
             self.redis,
             EventSpec(job_id, "status", target, attempt, progress=Progress.model_validate(job.progress or {}),
                       error=error, result=result, lease_until=LEASE_DROP,
-                      fields={"finished_at": repr(stamp.timestamp())}),
+                      fields={"finished_at": repr(stamp.timestamp())}, seq_floor=max(seq_floor, job.seq)),
         )
         self._record_seq(job_id, published)
         return True
@@ -222,6 +226,7 @@ class JobStore:
         send: bool,
         progress: Progress | None = None,
         extra_budget: bool = False,
+        seq_floor: int = 0,
     ) -> bool:
         """Running attempt `attempt` ends; the job waits `delay` s as `retrying` for attempt `attempt + 1`.
 
@@ -245,7 +250,7 @@ class JobStore:
         published = self.publisher.publish(
             self.redis,
             EventSpec(job_id, "status", JobStatus.RETRYING, attempt + 1, progress=progress, error=error,
-                      next_retry_at=next_at, lease_until=LEASE_DROP),
+                      next_retry_at=next_at, lease_until=LEASE_DROP, seq_floor=seq_floor),
         )
         self._record_seq(job_id, published)
         if send and self.celery is not None:

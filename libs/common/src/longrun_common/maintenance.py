@@ -11,7 +11,9 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 from sqlalchemy import update
 from sqlmodel import Session, col, select
@@ -19,7 +21,7 @@ from sqlmodel import Session, col, select
 from .catalog import TaskPolicy
 from .dispatch import send_job
 from .events import JobError
-from .jobs import JobStore
+from .jobs import JobStore, creation_fields
 from .models import Attempt, Job, TaskRecord
 from .settings import Settings
 from .states import JobStatus
@@ -114,7 +116,7 @@ class Maintenance:
         if policy.retries(error.type) and job.attempt < job.max_attempts:
             error.retryable = True
             log.warning("job %s attempt %s: %s; requeueing", job.id, job.attempt, error.message)
-            self.store.schedule_retry(job.id, job.attempt, error, 0.0, send=True)
+            self.store.schedule_retry(job.id, job.attempt, error, 0.0, send=True, seq_floor=job.seq)
         else:
             log.warning("job %s attempt %s: %s; no attempts left", job.id, job.attempt, error.message)
             self.store.finish_if(job.id, job.attempt, JobStatus.FAILED, only_from=(JobStatus.RUNNING,),
@@ -159,22 +161,32 @@ class Maintenance:
             return
         pipe = redis.pipeline(transaction=False)
         for job in jobs:
-            pipe.hget(keys.job(job.id), "attempt")
-        redis_attempts = pipe.execute()
+            pipe.hmget(keys.job(job.id), ["attempt", "tenant", "dispatched"])
+        states = pipe.execute()
         now = datetime.now(UTC)
         settle = timedelta(seconds=2)  # the gateway publishes right after its commit; don't race it
         overdue = timedelta(seconds=self.settings.lease_seconds + 5)
-        for job, redis_attempt in zip(jobs, redis_attempts, strict=True):
+        for job, (redis_attempt, tenant, dispatched) in zip(jobs, states, strict=True):
             # Redis is behind SQL when the hash is gone (lost data) or holds an older attempt (a requeue
             # committed while Redis was down).
             behind = redis_attempt is None or int(redis_attempt) < job.attempt
             updated = job.updated_at if job.updated_at.tzinfo else job.updated_at.replace(tzinfo=UTC)
+            settled = now - updated > settle
             if job.status == JobStatus.RUNNING.value:
                 # No lease (Redis lost it): give the worker one lease period to renew it, then the reaper acts.
                 redis.zadd(keys.leases(), {job.id: time.time() + self.settings.lease_seconds}, nx=True)
-            elif behind and now - updated > settle:
+                if tenant is None and redis_attempt is not None:
+                    # The hash was recreated by the worker's next report after a loss: restore who owns it.
+                    restored = cast("Mapping[str | bytes, str]", creation_fields(job))  # str keys are fine
+                    redis.hset(keys.job(job.id), mapping=restored)
+            elif behind and settled:
                 log.warning("job %s (%s) lost from Redis; republishing", job.id, job.status)
                 self.store.announce(job)
+            elif (job.status == JobStatus.QUEUED.value and settled and self.store.celery is not None
+                  and (dispatched or b"").decode() != str(job.attempt)):
+                log.warning("job %s was accepted but its message never sent; sending it", job.id)
+                send_job(self.store.celery, keys, job)
+                redis.hset(keys.job(job.id), "dispatched", str(job.attempt))
             elif job.status == JobStatus.RETRYING.value and job.next_retry_at is not None:
                 due = job.next_retry_at if job.next_retry_at.tzinfo else job.next_retry_at.replace(tzinfo=UTC)
                 if now - due > overdue and self.store.celery is not None:

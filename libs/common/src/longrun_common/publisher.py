@@ -31,9 +31,13 @@ local terminal = cur_status == 'succeeded' or cur_status == 'failed' or cur_stat
 if attempt < cur_attempt or (attempt == cur_attempt and terminal and ARGV[7] ~= '1') then
   return {-1, 0, 0}
 end
+if redis.call('HEXISTS', KEYS[1], 'seq') == 0 then
+  -- A lost hash (Redis restarted or flushed) continues after the last seq the caller knows, never from 1.
+  redis.call('HSET', KEYS[1], 'seq', ARGV[8])
+end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local event = '{"seq":' .. seq .. ',' .. string.sub(ARGV[2], 2)
-redis.call('HSET', KEYS[1], 'attempt', attempt, 'event', event, unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], 'attempt', attempt, 'event', event, unpack(ARGV, 9))
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', event)
 redis.call('PUBLISH', KEYS[3], event)
 local lease = tonumber(ARGV[5])
@@ -103,6 +107,7 @@ class EventSpec:
     lease_until: float = LEASE_KEEP
     allow_after_terminal: bool = False
     ts: float | None = None
+    seq_floor: int = 0  # the last seq the caller knows of; a lost hash continues after it
 
 
 class Publisher:
@@ -170,6 +175,7 @@ class Publisher:
             spec.lease_until,
             spec.job_id,
             "1" if spec.allow_after_terminal else "0",
+            spec.seq_floor,
         ]
         for name, value in fields.items():
             args.extend((name, value))

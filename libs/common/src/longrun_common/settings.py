@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from typing import Literal
 
@@ -9,6 +10,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_API_KEYS = "dev:dev-key"
+# Tenant names become folder names (uploads) and key parts, so they are kept plain.
+TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 DEV_TOKEN_SECRET = "longrun-dev-token-secret-change-me-in-production"
 
 
@@ -45,6 +48,7 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(24 * 3600, ge=60, description="how long an Idempotency-Key holds")
     cancel_grace_seconds: float = Field(10.0, ge=0, description="after this a running job is cancelled by force")
     drain_seconds: float = Field(20.0, ge=0, description="on SIGTERM, running jobs get this long to finish")
+    tenant_rate_limit: float = Field(0.0, ge=0, description="submissions per second per tenant, 0 = unlimited")
     maintenance: bool = Field(True, description="run the reaper and reconciler in this gateway / worker")
     reaper_interval: float = Field(1.0, gt=0, description="how often the reaper looks for expired leases")
     # Progress hub (longrun_hub): per-client backpressure, keepalive, lifetime and Redis reconnects.
@@ -89,10 +93,12 @@ class Settings(BaseSettings):
         """API key → tenant, parsed from `tenant:key[,tenant:key…]`."""
         result: dict[str, str] = {}
         for item in filter(None, (part.strip() for part in self.api_keys.split(","))):
-            tenant, sep, key = item.partition(":")
-            if not sep or not tenant.strip() or not key.strip():
+            tenant, sep, key = (part.strip() for part in item.partition(":"))
+            if not sep or not tenant or not key:
                 raise ValueError(f"LONGRUN_API_KEYS entry {item!r} is not of the form tenant:key")
-            result[key.strip()] = tenant.strip()
+            if not TENANT_NAME.fullmatch(tenant):
+                raise ValueError(f"LONGRUN_API_KEYS tenant {tenant!r}: use 1-64 letters, digits, '_', '-' or '.'")
+            result[key] = tenant
         return result
 
     @property

@@ -80,6 +80,8 @@ def _connect_process_hooks(app: Celery, settings: Settings) -> None:
         reset_resources()  # never share the parent's connections after the fork
 
     def start_maintenance(sender: Any = None, **_: Any) -> None:
+        if not settings.maintenance:
+            return
         res = get_resources(settings, app)
         state["maintenance"] = Maintenance(res.store, settings, owner=str(getattr(sender, "hostname", ""))).start()
 

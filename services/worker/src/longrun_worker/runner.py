@@ -54,19 +54,21 @@ def run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, j
     started = time.time()
     published = res.publisher.publish(res.redis, EventSpec(
         job_id, "status", JobStatus.RUNNING, attempt, progress=Progress.model_validate(job.progress or {}),
-        lease_until=started + lease,
+        lease_until=started + lease, seq_floor=job.seq,
         fields={"started_at": repr(started), "worker": worker, "celery_id": str(celery_task.request.id)},
     ))
     if published.fenced:
         return
     sql_writer = _SqlProgress(res, job_id, attempt)
+    last_seq = [published.seq]  # if Redis loses the job mid-run, its events continue after this
 
     def emit(progress: Progress, checkpoint: dict[str, Any] | None) -> Published:
         fields = {"checkpoint": dumps(checkpoint)} if checkpoint is not None else None
         result = res.publisher.publish(res.redis, EventSpec(
             job_id, "progress", JobStatus.RUNNING, attempt, progress=progress,
-            lease_until=time.time() + lease, fields=fields))
+            lease_until=time.time() + lease, fields=fields, seq_floor=last_seq[0]))
         if not result.fenced:
+            last_seq[0] = max(last_seq[0], result.seq)
             sql_writer.maybe_write(progress, checkpoint, result.seq)
         return result
 
@@ -89,7 +91,7 @@ def run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, j
         reporter.close()
         sql_writer.write(reporter.snapshot(), reporter.last_checkpoint)
         store.finish_if(job_id, attempt, JobStatus.CANCELLED, only_from=RUNNING, progress=reporter.snapshot(),
-                        error=JobError(type="cancelled", message="cancelled by request"))
+                        error=JobError(type="cancelled", message="cancelled by request"), seq_floor=last_seq[0])
         return
     except JobDrained:
         reporter.close()
@@ -97,7 +99,7 @@ def run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, j
         error = JobError(type="drained", message=f"worker {worker} shut down; resuming on another worker",
                          retryable=True)
         if store.schedule_retry(job_id, attempt, error, 0.0, send=False, progress=reporter.snapshot(),
-                                extra_budget=True):
+                                extra_budget=True, seq_floor=last_seq[0]):
             raise celery_task.retry(countdown=0, kwargs={"job_id": job_id, "attempt": attempt + 1},
                                     max_retries=None) from None
         return
@@ -107,19 +109,20 @@ def run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, j
         error = classify(exc, definition)
         if error.retryable and attempt < job.max_attempts:
             delay = definition.policy.backoff(attempt)
-            if store.schedule_retry(job_id, attempt, error, delay, send=False, progress=reporter.snapshot()):
+            if store.schedule_retry(job_id, attempt, error, delay, send=False, progress=reporter.snapshot(),
+                                    seq_floor=last_seq[0]):
                 raise celery_task.retry(countdown=delay, kwargs={"job_id": job_id, "attempt": attempt + 1},
                                         max_retries=None) from None
             return
         store.finish_if(job_id, attempt, JobStatus.FAILED, only_from=RUNNING, error=error,
-                        progress=reporter.snapshot(), dead_letter=True)
+                        progress=reporter.snapshot(), dead_letter=True, seq_floor=last_seq[0])
         return
     reporter.close()
     if reporter.fenced:
         return
     sql_writer.write(reporter.snapshot(), reporter.last_checkpoint)
     store.finish_if(job_id, attempt, JobStatus.SUCCEEDED, only_from=RUNNING, result=_jsonable(result),
-                    progress=reporter.snapshot(complete=True))
+                    progress=reporter.snapshot(complete=True), seq_floor=last_seq[0])
 
 
 def classify(exc: BaseException, definition: TaskDefinition) -> JobError:
