@@ -24,10 +24,8 @@ class Keys:
         return f"{self.prefix}:live:{job_id}"
 
     def channel_pattern(self) -> str:
+        """Every job's live channel (for tools that watch all jobs, such as benchmarks)."""
         return f"{self.prefix}:live:*"
-
-    def job_id_from_channel(self, channel: str) -> str:
-        return channel[len(self.prefix) + len(":live:") :]
 
     def leases(self) -> str:
         """Sorted set: running job id -> lease expiry (epoch seconds)."""
@@ -36,9 +34,6 @@ class Keys:
     def lock(self, name: str) -> str:
         """A leader lock (reaper, reconciler): one holder across all replicas."""
         return f"{self.prefix}:lock:{name}"
-
-    def catalog(self) -> str:
-        return f"{self.prefix}:catalog"
 
     def queue(self, name: str) -> str:
         """The Celery queue name for a Longrun queue (prefixed so test runs never share queues)."""

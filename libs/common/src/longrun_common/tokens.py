@@ -22,12 +22,6 @@ class StreamScope:
     tenant: str
     job_id: str | None
 
-    def allows(self, tenant: str | None, job_id: str) -> bool:
-        """True when this scope may watch `job_id` owned by `tenant`."""
-        if tenant is not None and tenant != self.tenant:
-            return False
-        return self.job_id is None or self.job_id == job_id
-
 
 def mint(secret: str, tenant: str, job_id: str | None, ttl_seconds: int) -> tuple[str, float]:
     """A signed token and its expiry (epoch seconds)."""
@@ -48,7 +42,8 @@ def verify(secret: str, token: str) -> StreamScope:
     if not token:
         raise TokenError("missing stream token")
     try:
-        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], audience=AUDIENCE, leeway=2)
+        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], audience=AUDIENCE, leeway=2,
+                            options={"require": ["exp", "iat", "sub", "aud", "scope"]})
     except jwt.ExpiredSignatureError as exc:
         raise TokenError("stream token expired; ask the gateway for a new one") from exc
     except jwt.PyJWTError as exc:
