@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -10,8 +11,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from gateway_support import DEV, error_of, seed_catalog, serve, submit
+from sqlmodel import Session, col, update
 
 from longrun_common.db import create_db_engine
+from longrun_common.models import Job
 from longrun_common.settings import Settings
 from longrun_gateway.app import create_app
 from tests.support.processes import free_port
@@ -128,6 +131,20 @@ async def test_unknown_task_lists_known_tasks(lite_client: httpx.AsyncClient) ->
     error = error_of(response)
     assert error["message"] == "task: unknown task 'nope'; known tasks: demo.steps, reports.build"
     assert error["details"][0]["known"] == ["demo.steps", "reports.build"]
+
+
+async def test_unknown_queue_is_422_naming_the_allowed_queues(lite_client: httpx.AsyncClient) -> None:
+    """Found by review: a job for a queue no worker consumes was accepted and never ran."""
+    response = await lite_client.post(
+        "/v1/jobs", json={"task": "demo.steps", "args": {"steps": 1}, "queue": "nope"}, headers=DEV
+    )
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert error["message"] == "queue: unknown queue 'nope'; allowed queues: default, high, low"
+    assert error["details"][0]["allowed"] == ["default", "high", "low"]
+    assert (await lite_client.get("/v1/jobs", headers=DEV)).json()["items"] == []
+    for queue in ("default", "high", "low"):
+        assert (await submit(lite_client, queue=queue))["queue"] == queue
 
 
 async def test_several_arg_problems_are_all_reported(lite_client: httpx.AsyncClient) -> None:
@@ -269,11 +286,38 @@ async def test_redis_down_jobs_are_accepted_and_read_from_sql(sqlite_url: str, t
         start = time.monotonic()
         response = await client.get(f"/v1/jobs/{job['id']}?wait=1.2&after_seq=0", headers=DEV)
         assert response.status_code == 200 and 1.0 < time.monotonic() - start < 3
-        # A cancel cannot reach a worker without Redis: say so instead of pretending.
-        response = await client.post(f"/v1/jobs/{job['id']}/cancel", headers=DEV)
-        assert response.status_code == 503 and error_of(response)["details"] == {"dependency": "redis"}
         ready = await client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["redis"].startswith("error: ")
+
+
+async def test_redis_down_cancel_is_stored_and_accepted(sqlite_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The cancel lives in SQL: a worker drops a queued job whose cancel is set, the reaper ends a running one."""
+    settings = Settings(
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        database_url=sqlite_url,
+        key_prefix="down",
+        api_keys="dev:dev-key",
+    )
+    engine = create_db_engine(settings)
+    seed_catalog(engine)
+    async with serve(create_app(settings)) as client:
+        queued, running = await submit(client), await submit(client)
+        with Session(engine) as session:
+            session.execute(update(Job).where(col(Job.id) == running["id"]).values(status="running"))
+            session.commit()
+        for job, status in [(queued, "queued"), (running, "running")]:
+            with caplog.at_level(logging.WARNING, logger="longrun_gateway"):
+                response = await client.post(f"/v1/jobs/{job['id']}/cancel", headers=DEV)
+            assert response.status_code == 202, response.text
+            view = response.json()
+            assert view["id"] == job["id"] and view["status"] == status and view["cancel_requested"] is True
+            with Session(engine) as session:
+                row = session.get(Job, job["id"])
+                assert row is not None and row.cancel_requested_at is not None
+        messages = [r.getMessage() for r in caplog.records if r.name.startswith("longrun_gateway")]
+        assert any(queued["id"] in m and "when a worker picks it up" in m for m in messages), messages
+        assert any(running["id"] in m and "redis" in m.lower() for m in messages), messages
+    engine.dispose()
 
 
 UNSTORABLE = [

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,9 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_support import ACME, DEV, error_of, serve
+from gateway_support import ACME, DEV, error_of, lifespan, serve
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, func
 from sqlmodel import Session, select
+from starlette.types import Message
 
 from longrun_common.models import StoredFile
 from longrun_common.settings import Settings
@@ -130,3 +134,84 @@ async def test_malformed_uploads_are_422(client: httpx.AsyncClient, settings: Se
     # A `file` part without a filename still counts as the file.
     response = await client.post("/v1/files", files={"file": (None, b"no filename")}, headers=DEV)
     assert response.status_code == 201 and response.json()["name"] == "file"
+
+
+async def test_boundary_longer_than_the_parser_allows_is_422(
+    lite_client: httpx.AsyncClient, sqlite_settings: Settings
+) -> None:
+    """Found by review: python-multipart refuses boundaries over 256 bytes with its base error class (was a 500)."""
+    headers = {**DEV, "Content-Type": "multipart/form-data; boundary=" + "a" * 1000}
+    response = await lite_client.post("/v1/files", content=b"x", headers=headers)
+    assert response.status_code == 422, response.text
+    error = error_of(response)
+    assert error["code"] == "validation_error" and error["message"].startswith("body: malformed multipart body")
+    assert stored_files(sqlite_settings.storage_dir) == []
+
+
+BOUNDARY = "b0undary"
+PART_HEAD = (
+    f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="gone.bin"\r\n'
+    "Content-Type: application/octet-stream\r\n\r\n"
+).encode()
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "first_chunk"),
+    [
+        ("/v1/files", f"multipart/form-data; boundary={BOUNDARY}", PART_HEAD + b"g" * 10_000),
+        ("/v1/jobs", "application/json", b'{"task": "demo.steps", "args": {"ste'),
+    ],
+    ids=["upload", "json"],
+)
+async def test_client_disconnect_mid_body_is_quiet_and_leaves_nothing(
+    sqlite_settings: Settings, caplog: pytest.LogCaptureFixture, path: str, content_type: str, first_chunk: bytes
+) -> None:
+    """The client goes away halfway through its body: no 500, no ERROR/traceback, no partial file."""
+    settings = sqlite_settings
+    app = create_app(settings)
+    async with lifespan(app) as state:
+        inbox: list[Message] = [
+            {"type": "http.request", "body": first_chunk, "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            if inbox:
+                return inbox.pop(0)
+            await asyncio.Event().wait()  # a server sends nothing after the disconnect
+            raise AssertionError("unreachable")
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"authorization", b"Bearer dev-key"), (b"content-type", content_type.encode())],
+            "client": ("127.0.0.1", 50000),
+            "server": ("gateway", 80),
+            "state": dict(state),
+        }
+        with caplog.at_level(logging.INFO):
+            await asyncio.wait_for(app(scope, receive, send), 10)  # nothing escapes to the server
+        metrics = state["gateway"].metrics.render().decode()
+    statuses = [m["status"] for m in sent if m["type"] == "http.response.start"]
+    assert all(400 <= status < 500 for status in statuses), statuses
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert not any(r.exc_info for r in caplog.records)
+    requests = [
+        sample.labels
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "longrun_gateway_requests_total"
+    ]
+    assert requests and all(labels["status"] != "500" for labels in requests), requests
+    assert stored_files(settings.storage_dir) == []

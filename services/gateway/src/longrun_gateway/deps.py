@@ -10,14 +10,13 @@ from typing import Annotated, Any, TypeVar, cast
 
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Engine
 from sqlmodel import Session
 
 from longrun_common.jobs import JobStore
 from longrun_common.settings import Settings
 
 from .errors import ApiError, field_path, invalid, invalid_many, pydantic_problems
-from .state import AsyncRedis, Gateway, SyncRedis
+from .state import Gateway
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -35,21 +34,9 @@ def get_settings(gateway: GatewayDep) -> Settings:
     return gateway.settings
 
 
-def get_engine(gateway: GatewayDep) -> Engine:
-    return gateway.engine
-
-
 def get_session(gateway: GatewayDep) -> Iterator[Session]:
     with Session(gateway.engine) as session:
         yield session
-
-
-def get_redis(gateway: GatewayDep) -> SyncRedis:
-    return gateway.redis
-
-
-def get_async_redis(gateway: GatewayDep) -> AsyncRedis:
-    return gateway.aredis
 
 
 def get_store(gateway: GatewayDep) -> JobStore:
@@ -57,10 +44,7 @@ def get_store(gateway: GatewayDep) -> JobStore:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-EngineDep = Annotated[Engine, Depends(get_engine)]
 SessionDep = Annotated[Session, Depends(get_session)]
-RedisDep = Annotated[SyncRedis, Depends(get_redis)]
-AsyncRedisDep = Annotated[AsyncRedis, Depends(get_async_redis)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 
 
@@ -88,6 +72,12 @@ def _unauthorized(message: str) -> ApiError:
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]
+
+
+async def limit_submissions(tenant: TenantDep, gateway: GatewayDep) -> None:
+    """429 when the tenant submits faster than `LONGRUN_TENANT_RATE_LIMIT` (after auth, before the body)."""
+    await gateway.limiter.enforce(tenant)
+
 
 # Free text in query strings (filters): no control characters, which no database column holds.
 TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ CODES = {
     415: "unsupported_media_type",
     422: "validation_error",
     429: "rate_limited",
+    499: "client_closed_request",
     500: "internal_error",
     503: "unavailable",
 }
@@ -178,6 +180,13 @@ async def _data_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "validation_error", "a value in the request cannot be stored or compared", None)
 
 
+async def _client_gone(request: Request, _: Exception) -> JSONResponse:
+    # The client hung up while sending its body: nothing went wrong here and nobody will read an answer.
+    # 499 (nginx's "client closed request") keeps it out of the 5xx counts; the server drops the response.
+    log.info("client disconnected during %s %s", request.method, request.url.path)
+    return error_response(499, "client_closed_request", "the client closed the connection", None)
+
+
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     # A real bug: log everything, tell the client nothing about internals.
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
@@ -193,4 +202,5 @@ def install_error_handlers(app: FastAPI) -> None:
     for db_exc in DATABASE_DOWN:
         app.add_exception_handler(db_exc, _database_down)
     app.add_exception_handler(sa_exc.DataError, _data_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _internal_error)

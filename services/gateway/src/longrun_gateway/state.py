@@ -25,11 +25,12 @@ from longrun_common.settings import Settings
 
 from .live import LiveEvents
 from .metrics import Metrics
+from .ratelimit import SubmitLimiter
 
 if TYPE_CHECKING:
     SyncRedis = redis.Redis[bytes]
     AsyncRedis = aioredis.Redis[bytes]
-else:  # the clients are not generic at runtime; FastAPI evaluates these in dependency signatures
+else:  # the clients are not generic at runtime
     SyncRedis = redis.Redis
     AsyncRedis = aioredis.Redis
 
@@ -52,6 +53,7 @@ class Gateway:
     reader: Reader
     store: JobStore
     live: LiveEvents
+    limiter: SubmitLimiter
     metrics: Metrics
     _maintenance: threading.Event | None = None
 
@@ -76,11 +78,13 @@ class Gateway:
             socket_keepalive=True,
             retry=AsyncRetry(NoBackoff(), 1),
         )
-        # The listener's connection blocks on reads indefinitely and must surface a disconnect to us
-        # (no silent internal retries), so that waiters are told they may have missed an event.
+        # The listener's connection must surface a disconnect to us (no silent internal retries), so that
+        # waiters are told they may have missed an event. Its reads pass their own timeouts (the health
+        # check's); the socket timeout bounds only writes and the handshake of a (re)connect.
         listen_redis: AsyncRedis = aioredis.Redis.from_url(
             settings.redis_url,
             socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=READ_TIMEOUT,
             socket_keepalive=True,
             retry=AsyncRetry(NoBackoff(), 0),
         )
@@ -99,6 +103,7 @@ class Gateway:
             reader=Reader(keys),
             store=store,
             live=LiveEvents(listen_redis, keys),
+            limiter=SubmitLimiter(async_redis, keys, settings.tenant_rate_limit),
             metrics=metrics,
         )
 

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from longrun_common.catalog import TaskPolicy
+from longrun_common.celery_app import QUEUES
 from longrun_common.models import IdempotencyKey, Job, TaskRecord, utcnow
 
 from .errors import ApiError, field_path, invalid, invalid_many
@@ -63,6 +64,15 @@ def check_idempotency_key(value: str | None) -> str | None:
     if not _KEY_PATTERN.match(value):
         raise invalid("Idempotency-Key", "must be 1-255 printable ASCII characters", value=value[:100])
     return value
+
+
+def check_queue(queue: str | None) -> None:
+    """422 unless the queue is one the workers consume (a job on any other queue would never run)."""
+    if queue is not None and queue not in QUEUES:
+        allowed = list(QUEUES)
+        raise invalid(
+            "queue", f"unknown queue {queue!r}; allowed queues: {', '.join(allowed)}", value=queue, allowed=allowed
+        )
 
 
 def load_task(session: Session, name: str) -> tuple[TaskRecord, TaskPolicy]:
@@ -135,6 +145,7 @@ def time_limits(request: JobRequest, policy: TaskPolicy) -> tuple[float | None, 
 
 def build_job(gateway: Gateway, tenant: str, request: JobRequest) -> Job:
     """Validate the request against the catalog and build the (unsaved) job row."""
+    check_queue(request.queue)
     with Session(gateway.engine) as session:
         record, policy = load_task(session, request.task)
     check_args(record, request.args)

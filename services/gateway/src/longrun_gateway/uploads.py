@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -177,7 +177,8 @@ async def receive(request: Request, destination: Path, limit: int) -> Received:
         await run_in_threadpool(sink.commit)
     except BaseException as exc:
         sink.discard()  # quick close + unlink; done inline so it also runs on cancellation
-        if isinstance(exc, MultipartParseError):
+        # FormParserError is the base class: parse errors, and also a boundary the parser refuses (over 256 bytes).
+        if isinstance(exc, FormParserError):
             raise invalid("body", f"malformed multipart body: {exc}") from None
         raise
     return Received(parts.name, sink.size, sink.digest.hexdigest(), parts.content_type)
