@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import update
+from sqlmodel import col
 
 from longrun_common.jobs import JobStore
+from longrun_common.maintenance import Maintenance
+from longrun_common.models import Job
 from longrun_common.settings import Settings
 from longrun_common.states import JobStatus
 from tests.support.fixtures import ServiceFactory
@@ -45,3 +50,38 @@ def test_job_whose_message_was_never_sent_is_sent_by_the_reconciler(
     services("worker", env={"LONGRUN_REAPER_INTERVAL": "0.3"})
     (done,) = wait_for(job_store, [job.id], timeout=30)
     assert done.status == "succeeded"
+
+
+def _backdate(store: JobStore, job_id: str, seconds: float) -> None:
+    with store.session() as session:
+        session.execute(update(Job).where(col(Job.id) == job_id)
+                        .values(updated_at=datetime.now(UTC) - timedelta(seconds=seconds)))
+        session.commit()
+
+
+def test_cancel_persisted_while_redis_was_down_is_finished_by_the_reconciler(
+    job_store: JobStore, settings: Settings
+) -> None:
+    job = submit(job_store, "demo.steps", {"steps": 2})
+    with job_store.session() as session:  # what request_cancel managed before Redis failed
+        session.execute(update(Job).where(col(Job.id) == job.id).values(cancel_requested_at=datetime.now(UTC)))
+        session.commit()
+    _backdate(job_store, job.id, 10)
+    Maintenance(job_store, settings).reconcile()
+    done = job_store.get(job.id)
+    assert done is not None and done.status == "cancelled"
+    assert job_store.redis.hget(job_store.keys.job(job.id), "status") == b"cancelled"
+
+
+def test_ending_that_never_reached_redis_is_republished(job_store: JobStore, settings: Settings) -> None:
+    job = submit(job_store, "demo.steps", {"steps": 2})
+    assert job_store.begin_attempt(job.id, 1, "w@host")
+    # The job ended in SQL, then Redis failed before the terminal event: Redis still says queued.
+    assert job_store.transition(job.id, 1, JobStatus.SUCCEEDED, only_from=(JobStatus.RUNNING,),
+                                values={"finished_at": job.created_at, "result": {"ok": True}})
+    with job_store.session() as session:
+        session.execute(update(Job).where(col(Job.id) == job.id).values(finished_at=datetime.now(UTC)))
+        session.commit()
+    Maintenance(job_store, settings).reconcile()
+    snapshot = job_store.redis.hgetall(job_store.keys.job(job.id))
+    assert snapshot[b"status"] == b"succeeded" and snapshot[b"result"] == b'{"ok":true}'

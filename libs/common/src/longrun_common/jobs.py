@@ -207,14 +207,22 @@ class JobStore:
                 session.add(DeadLetter(job_id=job_id, tenant=job.tenant, task=job.task,
                                        error=error.model_dump(mode="json"), attempts=attempt))
                 session.commit()
+        self.publish_ending(job, seq_floor=seq_floor, error=error)
+        return True
+
+    def publish_ending(self, job: Job, *, seq_floor: int = 0, error: JobError | None = None) -> Published:
+        """The terminal event of a job that has ended in SQL (also used to repair one Redis missed)."""
+        if error is None and job.error:
+            error = JobError.model_validate(job.error)
         published = self.publisher.publish(
             self.redis,
-            EventSpec(job_id, "status", target, attempt, progress=Progress.model_validate(job.progress or {}),
-                      error=error, result=result, lease_until=LEASE_DROP,
-                      fields={"finished_at": repr(stamp.timestamp())}, seq_floor=max(seq_floor, job.seq)),
+            EventSpec(job.id, "status", JobStatus(job.status), job.attempt,
+                      progress=Progress.model_validate(job.progress or {}), error=error, result=job.result,
+                      lease_until=LEASE_DROP, seq_floor=max(seq_floor, job.seq),
+                      fields={"finished_at": epoch(job.finished_at)}),
         )
-        self._record_seq(job_id, published)
-        return True
+        self._record_seq(job.id, published)
+        return published
 
     def schedule_retry(
         self,

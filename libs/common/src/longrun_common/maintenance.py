@@ -24,7 +24,7 @@ from .events import JobError
 from .jobs import JobStore, creation_fields
 from .models import Attempt, Job, TaskRecord
 from .settings import Settings
-from .states import JobStatus
+from .states import TERMINAL, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,9 @@ class Maintenance:
     # --- reconciler -----------------------------------------------------------------------------------
 
     def reconcile(self) -> None:
-        """Repair what Redis lost: re-announce queued jobs, resend overdue retries, re-lease running jobs."""
+        """Repair what Redis lost: re-announce queued jobs, resend overdue retries, re-lease running jobs,
+        finish cancels that could not reach Redis, and republish terminal events Redis never got."""
+        self._republish_recent_endings()
         redis, keys = self.store.redis, self.store.keys
         jobs = self.store.active_jobs()
         if not jobs:
@@ -179,6 +181,12 @@ class Maintenance:
                     # The hash was recreated by the worker's next report after a loss: restore who owns it.
                     restored = cast("Mapping[str | bytes, str]", creation_fields(job))  # str keys are fine
                     redis.hset(keys.job(job.id), mapping=restored)
+            elif job.cancel_requested_at is not None and settled:
+                # A cancel persisted while Redis was down: no worker holds the job, so end it here.
+                self.store.finish_if(job.id, job.attempt, JobStatus.CANCELLED,
+                                     only_from=(JobStatus.QUEUED, JobStatus.RETRYING),
+                                     error=JobError(type="cancelled", message="cancelled by request"),
+                                     seq_floor=job.seq)
             elif behind and settled:
                 log.warning("job %s (%s) lost from Redis; republishing", job.id, job.status)
                 self.store.announce(job)
@@ -193,6 +201,25 @@ class Maintenance:
                     log.warning("job %s retry overdue; resending attempt %s", job.id, job.attempt)
                     self._push_back_retry(job)
                     send_job(self.store.celery, keys, job)
+
+    def _republish_recent_endings(self) -> None:
+        """A job that ended in SQL while its terminal event could not be published (Redis down between the
+        two writes) gets that event now, so watchers see the end."""
+        since = datetime.now(UTC) - timedelta(minutes=10)
+        with Session(self.store.engine) as session:
+            ended = list(session.exec(select(Job).where(col(Job.finished_at) > since,
+                                                        col(Job.status).in_([s.value for s in TERMINAL])
+                                                        ).order_by(col(Job.finished_at).desc()).limit(500)))
+        if not ended:
+            return
+        pipe = self.store.redis.pipeline(transaction=False)
+        for job in ended:
+            pipe.hget(self.store.keys.job(job.id), "status")
+        for job, status in zip(ended, pipe.execute(), strict=True):
+            if status is not None and status.decode() != job.status:
+                log.warning("job %s is %s in SQL but %s in Redis; republishing its end", job.id, job.status,
+                            status.decode())
+                self.store.publish_ending(job)
 
     def _push_back_retry(self, job: Job) -> None:
         """Move next_retry_at to now, so a resent retry is not resent again until it is overdue once more."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel
 
 from longrun_common.catalog import TaskPolicy, TaskSpec
+from longrun_common.celery_app import QUEUES
 
 if TYPE_CHECKING:
     from .context import JobContext
@@ -80,6 +81,9 @@ def task(
 ) -> Callable[[Callable[[JobContext, ArgsT], Any]], Callable[[JobContext, ArgsT], Any]]:
     """Declare a Longrun task. `retries` is how many times it may run again after a retryable failure;
     `retry_on` adds exception types that retry besides TransientError, timeouts and lost workers."""
+
+    if queue not in QUEUES:
+        raise ValueError(f"task {name!r}: queue {queue!r} is not one workers consume ({', '.join(QUEUES)})")
 
     def register(fn: Callable[[JobContext, ArgsT], Any]) -> Callable[[JobContext, ArgsT], Any]:
         if name in REGISTRY and REGISTRY[name].fn is not fn:
