@@ -9,9 +9,11 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import col
 
+from longrun_common.events import Progress
 from longrun_common.jobs import JobStore
 from longrun_common.maintenance import Maintenance
 from longrun_common.models import Job
+from longrun_common.publisher import EventSpec
 from longrun_common.settings import Settings
 from longrun_common.states import JobStatus
 from tests.support.fixtures import ServiceFactory
@@ -85,3 +87,60 @@ def test_ending_that_never_reached_redis_is_republished(job_store: JobStore, set
     Maintenance(job_store, settings).reconcile()
     snapshot = job_store.redis.hgetall(job_store.keys.job(job.id))
     assert snapshot[b"status"] == b"succeeded" and snapshot[b"result"] == b'{"ok":true}'
+
+
+def _take_message(store: JobStore) -> dict[str, object]:
+    """Do what a worker's consumer does first: pop the job's message off the queue."""
+    (message,) = queued_messages(store.redis, store.keys.prefix)
+    for key in store.redis.scan_iter(f"{store.keys.prefix}:celery:{store.keys.queue('default')}*"):
+        store.redis.delete(key)
+    return message
+
+
+@pytest.mark.parametrize(("claim", "alive", "resent"), [
+    ("dead", False, True),   # the worker that took the message died before running it
+    ("live", True, False),   # a live worker holds it and is about to run it
+    (None, False, True),     # popped and lost before anyone recorded it (kombu's BRPOP window)
+])
+def test_queued_job_whose_message_was_taken_and_lost_is_sent_again(
+    job_store: JobStore, settings: Settings, claim: str | None, alive: bool, resent: bool
+) -> None:
+    job = submit(job_store, "demo.steps", {"steps": 2})
+    _take_message(job_store)
+    if claim:
+        job_store.redis.hset(job_store.keys.job(job.id), "claim", f"1:{claim}@host")
+    if alive:
+        job_store.redis.set(job_store.keys.worker(f"{claim}@host"), "1", ex=30)
+    _backdate(job_store, job.id, 10)
+    Maintenance(job_store, settings).reconcile()
+    messages = queued_messages(job_store.redis, job_store.keys.prefix)
+    assert [m["headers"]["id"] for m in messages] == ([f"{job.id}.1"] if resent else [])
+    if resent:
+        assert messages[0]["properties"]["priority"] == 0  # ahead of the queue it had already waited in
+
+
+def test_unclaimed_job_behind_a_backlog_is_left_alone(job_store: JobStore, settings: Settings) -> None:
+    waiting = submit(job_store, "demo.steps", {"steps": 2})
+    _take_message(job_store)  # its message is lost...
+    submit(job_store, "demo.steps", {"steps": 2})  # ...but the queue is not empty: it may still come
+    _backdate(job_store, waiting.id, 10)
+    Maintenance(job_store, settings).reconcile()
+    assert len(queued_messages(job_store.redis, job_store.keys.prefix)) == 1
+
+
+def test_seq_never_repeats_after_redis_lost_a_running_job(job_store: JobStore, settings: Settings) -> None:
+    job = submit(job_store, "demo.steps", {"steps": 2})
+    assert job_store.begin_attempt(job.id, 1, "gone@host")
+    for i in range(30):  # progress events reach Redis at once, SQL only now and then
+        job_store.publisher.publish(job_store.redis, EventSpec(job.id, "progress", JobStatus.RUNNING, 1,
+                                                               progress=Progress(current=i)))
+        if i == 5:  # the worker's throttled SQL write
+            with job_store.session() as session:
+                session.execute(update(Job).where(col(Job.id) == job.id).values(seq=i + 2))
+                session.commit()
+    seen = int(job_store.redis.hget(job_store.keys.job(job.id), "seq") or 0)
+    assert seen == 31  # seq 1 was the queued event: a new job starts from 1
+    job_store.redis.delete(job_store.keys.job(job.id), job_store.keys.stream(job.id))  # Redis lost it
+    job_store.redis.zadd(job_store.keys.leases(), {job.id: time.time() - 1})  # ...and the worker died
+    Maintenance(job_store, settings).reap_expired_leases()
+    assert int(job_store.redis.hget(job_store.keys.job(job.id), "seq") or 0) > seen

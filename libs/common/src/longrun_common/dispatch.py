@@ -4,22 +4,28 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from celery import Celery
 
 from .keys import Keys
 from .models import Job
 
+# kombu keeps each priority level but the first in its own list, named with this separator (kombu's default).
+PRIORITY_SEPARATOR = "\x06\x16"
+URGENT = 9
 
-def send_job(celery: Celery, keys: Keys, job: Job, *, countdown: float | None = None) -> None:
+
+def send_job(celery: Celery, keys: Keys, job: Job, *, countdown: float | None = None, urgent: bool = False) -> None:
     """Publish the message that runs `job.attempt` of `job` (by task name: no worker code imported).
 
     The message carries only the job id and the attempt: the SQL row is the system of record for args,
-    and the attempt number lets a worker drop a message that a newer attempt has superseded.
+    and the attempt number lets a worker drop a message that a newer attempt has superseded. `urgent` puts a
+    recovered job (its worker died, its message was lost) ahead of the queue it had already waited through.
     """
     options: dict[str, Any] = {"queue": keys.queue(job.queue), "task_id": f"{job.id}.{job.attempt}"}
     # The API's priority runs 0 (normal) … 9 (most urgent); kombu's Redis transport serves 0 first, and files a
     # message without a priority under 0, so every message states its priority.
-    options["priority"] = 9 - max(0, min(9, job.priority))
+    options["priority"] = 9 - (URGENT if urgent else max(0, min(9, job.priority)))
     if job.soft_time_limit:
         options["soft_time_limit"] = job.soft_time_limit
     if job.time_limit:
@@ -27,3 +33,13 @@ def send_job(celery: Celery, keys: Keys, job: Job, *, countdown: float | None = 
     if countdown:
         options["countdown"] = countdown
     celery.send_task(job.task, kwargs={"job_id": job.id, "attempt": job.attempt}, **options)
+
+
+def queue_depth(client: redis.Redis[bytes], keys: Keys, queue: str) -> int:
+    """Messages waiting in a Longrun queue, over all its priority levels."""
+    base = f"{keys.prefix}:celery:{keys.queue(queue)}"
+    pipe = client.pipeline(transaction=False)
+    pipe.llen(base)
+    for level in range(1, 10):
+        pipe.llen(f"{base}{PRIORITY_SEPARATOR}{level}")
+    return sum(int(n) for n in pipe.execute())

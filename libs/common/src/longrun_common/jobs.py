@@ -28,6 +28,16 @@ log = logging.getLogger(__name__)
 
 ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value, JobStatus.RETRYING.value)
 
+# SQL's `seq` trails Redis by the progress events of one `sql_progress_interval`. When Redis has lost a job
+# and the first publisher after the loss only knows SQL's seq, the job's seq jumps ahead by this much, so a
+# seq a client has already seen is never reused (a gap makes clients take a fresh snapshot).
+SEQ_GAP_AFTER_LOSS = 10_000
+
+
+def sql_floor(seq: int) -> int:
+    """The seq floor for a publisher that only knows SQL's seq (0 for a job that never published: seq 1)."""
+    return seq + SEQ_GAP_AFTER_LOSS if seq else 0
+
 
 def epoch(value: datetime | None) -> str:
     return repr(value.timestamp()) if value else ""
@@ -72,24 +82,23 @@ class JobStore:
                 # No ORM relationship orders these INSERTs: flush the job first so the key's foreign key holds.
                 session.flush()
                 session.add(idempotency)
-            session.commit()
-            session.refresh(job)
+            session.commit()  # expire_on_commit=False: the row keeps its values, no SELECT needed
         try:
             self.announce(job)
         except redis.RedisError:
             log.warning("job %s accepted but not yet published (Redis unavailable); reconciler will", job.id)
         return job
 
-    def announce(self, job: Job) -> Published:
+    def announce(self, job: Job, *, urgent: bool = False) -> Published:
         """Publish the job's current (queued/retrying) status and send its message; the reconciler reuses this
         after Redis lost the job."""
         published = self.publisher.publish(
             self.redis,
             EventSpec(job.id, "status", JobStatus(job.status), job.attempt, fields=creation_fields(job),
-                      seq_floor=job.seq),
+                      seq_floor=sql_floor(job.seq)),
         )
         if self.celery is not None:
-            send_job(self.celery, self.keys, job)
+            send_job(self.celery, self.keys, job, urgent=urgent)
             # Marks the message as sent: the reconciler resends a queued job whose send never happened.
             self.redis.hset(self.keys.job(job.id), "dispatched", str(job.attempt))
         return published
@@ -218,7 +227,7 @@ class JobStore:
             self.redis,
             EventSpec(job.id, "status", JobStatus(job.status), job.attempt,
                       progress=Progress.model_validate(job.progress or {}), error=error, result=job.result,
-                      lease_until=LEASE_DROP, seq_floor=max(seq_floor, job.seq),
+                      lease_until=LEASE_DROP, seq_floor=seq_floor or sql_floor(job.seq),
                       fields={"finished_at": epoch(job.finished_at)}),
         )
         self._record_seq(job.id, published)
@@ -264,7 +273,7 @@ class JobStore:
         if send and self.celery is not None:
             job = self.get(job_id)
             assert job is not None
-            send_job(self.celery, self.keys, job, countdown=delay)
+            send_job(self.celery, self.keys, job, countdown=delay, urgent=True)  # it had already started
         return True
 
     def begin_attempt(self, job_id: str, attempt: int, worker: str) -> bool:

@@ -31,6 +31,10 @@ class Keys:
         """Sorted set: running job id -> lease expiry (epoch seconds)."""
         return f"{self.prefix}:leases"
 
+    def worker(self, hostname: str) -> str:
+        """String with a TTL: present while the worker's main process is alive."""
+        return f"{self.prefix}:worker:{hostname}"
+
     def lock(self, name: str) -> str:
         """A leader lock (reaper, reconciler): one holder across all replicas."""
         return f"{self.prefix}:lock:{name}"

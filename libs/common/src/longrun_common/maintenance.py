@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
@@ -19,9 +20,9 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from .catalog import TaskPolicy
-from .dispatch import send_job
+from .dispatch import queue_depth, send_job
 from .events import JobError
-from .jobs import JobStore, creation_fields
+from .jobs import JobStore, creation_fields, sql_floor
 from .models import Attempt, Job, TaskRecord
 from .settings import Settings
 from .states import TERMINAL, JobStatus
@@ -116,7 +117,7 @@ class Maintenance:
         if policy.retries(error.type) and job.attempt < job.max_attempts:
             error.retryable = True
             log.warning("job %s attempt %s: %s; requeueing", job.id, job.attempt, error.message)
-            self.store.schedule_retry(job.id, job.attempt, error, 0.0, send=True, seq_floor=job.seq)
+            self.store.schedule_retry(job.id, job.attempt, error, 0.0, send=True, seq_floor=sql_floor(job.seq))
         else:
             log.warning("job %s attempt %s: %s; no attempts left", job.id, job.attempt, error.message)
             self.store.finish_if(job.id, job.attempt, JobStatus.FAILED, only_from=(JobStatus.RUNNING,),
@@ -154,53 +155,76 @@ class Maintenance:
     # --- reconciler -----------------------------------------------------------------------------------
 
     def reconcile(self) -> None:
-        """Repair what Redis lost: re-announce queued jobs, resend overdue retries, re-lease running jobs,
-        finish cancels that could not reach Redis, and republish terminal events Redis never got."""
+        """Repair what Redis lost or never got: see the table in docs/INTERNALS.md."""
         self._republish_recent_endings()
-        redis, keys = self.store.redis, self.store.keys
         jobs = self.store.active_jobs()
         if not jobs:
             return
-        pipe = redis.pipeline(transaction=False)
+        pipe = self.store.redis.pipeline(transaction=False)
         for job in jobs:
-            pipe.hmget(keys.job(job.id), ["attempt", "tenant", "dispatched"])
-        states = pipe.execute()
-        now = datetime.now(UTC)
-        settle = timedelta(seconds=2)  # the gateway publishes right after its commit; don't race it
-        overdue = timedelta(seconds=self.settings.lease_seconds + 5)
-        for job, (redis_attempt, tenant, dispatched) in zip(jobs, states, strict=True):
-            # Redis is behind SQL when the hash is gone (lost data) or holds an older attempt (a requeue
-            # committed while Redis was down).
-            behind = redis_attempt is None or int(redis_attempt) < job.attempt
-            updated = job.updated_at if job.updated_at.tzinfo else job.updated_at.replace(tzinfo=UTC)
-            settled = now - updated > settle
+            pipe.hmget(self.store.keys.job(job.id), ["attempt", "tenant", "dispatched", "claim"])
+        hashes = [_JobHash(*(None if v is None else v.decode() for v in values)) for values in pipe.execute()]
+        empty = {q for q in {j.queue for j in jobs} if queue_depth(self.store.redis, self.store.keys, q) == 0}
+        settled_before = datetime.now(UTC) - timedelta(seconds=2)  # the gateway publishes right after its commit
+        for job, found in zip(jobs, hashes, strict=True):
             if job.status == JobStatus.RUNNING.value:
-                # No lease (Redis lost it): give the worker one lease period to renew it, then the reaper acts.
-                redis.zadd(keys.leases(), {job.id: time.time() + self.settings.lease_seconds}, nx=True)
-                if tenant is None and redis_attempt is not None:
-                    # The hash was recreated by the worker's next report after a loss: restore who owns it.
-                    restored = cast("Mapping[str | bytes, str]", creation_fields(job))  # str keys are fine
-                    redis.hset(keys.job(job.id), mapping=restored)
-            elif job.cancel_requested_at is not None and settled:
-                # A cancel persisted while Redis was down: no worker holds the job, so end it here.
-                self.store.finish_if(job.id, job.attempt, JobStatus.CANCELLED,
-                                     only_from=(JobStatus.QUEUED, JobStatus.RETRYING),
-                                     error=JobError(type="cancelled", message="cancelled by request"),
-                                     seq_floor=job.seq)
-            elif behind and settled:
-                log.warning("job %s (%s) lost from Redis; republishing", job.id, job.status)
-                self.store.announce(job)
-            elif (job.status == JobStatus.QUEUED.value and settled and self.store.celery is not None
-                  and (dispatched or b"").decode() != str(job.attempt)):
-                log.warning("job %s was accepted but its message never sent; sending it", job.id)
-                send_job(self.store.celery, keys, job)
-                redis.hset(keys.job(job.id), "dispatched", str(job.attempt))
-            elif job.status == JobStatus.RETRYING.value and job.next_retry_at is not None:
-                due = job.next_retry_at if job.next_retry_at.tzinfo else job.next_retry_at.replace(tzinfo=UTC)
-                if now - due > overdue and self.store.celery is not None:
-                    log.warning("job %s retry overdue; resending attempt %s", job.id, job.attempt)
-                    self._push_back_retry(job)
-                    send_job(self.store.celery, keys, job)
+                self._reconcile_running(job, found)
+            elif _aware(job.updated_at) < settled_before:
+                self._reconcile_waiting(job, found, queue_empty=job.queue in empty)
+
+    def _reconcile_running(self, job: Job, found: _JobHash) -> None:
+        redis, keys = self.store.redis, self.store.keys
+        # No lease (Redis lost it): give the worker one lease period to renew it, then the reaper acts.
+        redis.zadd(keys.leases(), {job.id: time.time() + self.settings.lease_seconds}, nx=True)
+        if found.tenant is None and found.attempt is not None:
+            # The hash was recreated by the worker's next report after a loss: restore who owns it.
+            redis.hset(keys.job(job.id), mapping=cast("Mapping[str | bytes, str]", creation_fields(job)))
+
+    def _reconcile_waiting(self, job: Job, found: _JobHash, *, queue_empty: bool) -> None:
+        """A queued or retrying job that no worker is running."""
+        celery, keys = self.store.celery, self.store.keys
+        if job.cancel_requested_at is not None:
+            # A cancel persisted while Redis was down: no worker holds the job, so end it here.
+            self.store.finish_if(job.id, job.attempt, JobStatus.CANCELLED,
+                                 only_from=(JobStatus.QUEUED, JobStatus.RETRYING),
+                                 error=JobError(type="cancelled", message="cancelled by request"))
+        elif found.attempt is None or int(found.attempt) < job.attempt:
+            # Redis lost the job, or missed a requeue committed while it was down.
+            log.warning("job %s (%s) lost from Redis; republishing", job.id, job.status)
+            self.store.announce(job, urgent=True)
+        elif celery is None:
+            return
+        elif job.status == JobStatus.RETRYING.value:
+            due = _aware(job.next_retry_at) if job.next_retry_at else None
+            if due and datetime.now(UTC) - due > timedelta(seconds=self.settings.lease_seconds + 5):
+                # The delayed retry message was held by a worker that died.
+                log.warning("job %s retry overdue; resending attempt %s", job.id, job.attempt)
+                self._push_back_retry(job)
+                send_job(celery, keys, job, urgent=True)
+        elif found.dispatched != str(job.attempt):
+            log.warning("job %s was accepted but its message never sent; sending it", job.id)
+            send_job(celery, keys, job, urgent=True)
+            self.store.redis.hset(keys.job(job.id), "dispatched", str(job.attempt))
+        else:
+            self._resend_if_message_lost(job, found.claim, queue_empty)
+
+    def _resend_if_message_lost(self, job: Job, claim: str | None, queue_empty: bool) -> None:
+        """A queued job's message is gone when the worker that took it died before running it, or when it is
+        neither on its (empty) queue nor claimed (kombu pops a message before recording it as unacked)."""
+        keys, redis = self.store.keys, self.store.redis
+        attempt, _, host = (claim or "").partition(":")
+        if attempt == str(job.attempt):
+            if redis.exists(keys.worker(host)):
+                return  # a live worker holds it and is about to run it
+            reason = f"worker {host} took its message and is gone"
+        elif queue_empty:
+            reason = "its message is neither queued nor held by a worker"
+        else:
+            return
+        log.warning("job %s: %s; sending it again", job.id, reason)
+        assert self.store.celery is not None
+        redis.hdel(keys.job(job.id), "claim")
+        send_job(self.store.celery, keys, job, urgent=True)
 
     def _republish_recent_endings(self) -> None:
         """A job that ended in SQL while its terminal event could not be published (Redis down between the
@@ -228,3 +252,18 @@ class Maintenance:
                                               col(Job.status) == JobStatus.RETRYING.value)
                             .values(next_retry_at=datetime.now(UTC)))
             session.commit()
+
+
+@dataclass(frozen=True)
+class _JobHash:
+    """The fields of a job's Redis hash the reconciler compares with SQL."""
+
+    attempt: str | None
+    tenant: str | None
+    dispatched: str | None
+    claim: str | None
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite returns naive datetimes; they were written as UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -19,7 +19,7 @@ from longrun_common.states import JobStatus
 from . import tasks  # noqa: F401  (registers the built-in tasks)
 from .api import REGISTRY, TaskDefinition
 from .catalog import register_catalog
-from .resources import get_resources, reset_resources
+from .resources import Resources, get_resources, reset_resources
 from .runner import run_attempt
 
 log = logging.getLogger(__name__)
@@ -80,22 +80,55 @@ def _connect_process_hooks(app: Celery, settings: Settings) -> None:
         reset_resources()  # never share the parent's connections after the fork
 
     def start_maintenance(sender: Any = None, **_: Any) -> None:
-        if not settings.maintenance:
+        hostname = str(getattr(sender, "hostname", ""))
+        res = get_resources(settings, app)
+        state["presence"] = _announce_presence(res, settings, hostname)
+        if settings.maintenance:
+            state["maintenance"] = Maintenance(res.store, settings, owner=hostname).start()
+
+    def record_claim(sender: Any = None, request: Any = None, **_: Any) -> None:
+        """A message this worker has taken off the queue: if the worker dies before running it, the reconciler
+        sees the claim of a worker that is gone and sends the job again."""
+        kwargs = getattr(request, "kwargs", None) or {}
+        if "job_id" not in kwargs:
             return
         res = get_resources(settings, app)
-        state["maintenance"] = Maintenance(res.store, settings, owner=str(getattr(sender, "hostname", ""))).start()
+        try:
+            res.redis.hset(res.keys.job(str(kwargs["job_id"])), "claim",
+                           f"{kwargs.get('attempt', 1)}:{request.hostname}")
+        except Exception:  # a Redis blip must not stop the consumer; the job still runs
+            log.warning("could not record the claim of job %s", kwargs["job_id"], exc_info=True)
 
     def drain(sender: Any = None, **_: Any) -> None:
         hostname = str(sender or "")
         if "maintenance" in state:
-            state["maintenance"].set()
+            state["maintenance"].set()  # presence stays: the worker is alive while it drains
         threading.Thread(target=_drain_after, args=(settings, app, hostname), daemon=True,
                          name="longrun-drain").start()
 
     signals.worker_init.connect(publish_catalog, weak=False)
     signals.worker_process_init.connect(fresh_resources, weak=False)
     signals.worker_ready.connect(start_maintenance, weak=False)
+    signals.task_received.connect(record_claim, weak=False)
     signals.worker_shutting_down.connect(drain, weak=False)
+
+
+def _announce_presence(res: Resources, settings: Settings, hostname: str) -> threading.Event:
+    """Keep `{p}:worker:{hostname}` alive while this main process lives (it expires a lease after death)."""
+    stop = threading.Event()
+    ttl_ms = int(settings.lease_seconds * 1000)
+
+    def beat() -> None:
+        while True:
+            try:
+                res.redis.set(res.keys.worker(hostname), "1", px=ttl_ms)
+            except Exception:
+                log.warning("worker presence not renewed", exc_info=True)
+            if stop.wait(settings.lease_seconds / 3):
+                return
+
+    threading.Thread(target=beat, name="longrun-presence", daemon=True).start()
+    return stop
 
 
 def _drain_after(settings: Settings, app: Celery, hostname: str) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col
 
 from longrun_common.events import JobError, Progress, dumps
+from longrun_common.jobs import sql_floor
 from longrun_common.models import Job
 from longrun_common.publisher import EventSpec, Published
 from longrun_common.states import JobStatus
@@ -54,7 +55,7 @@ def run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, j
     started = time.time()
     published = res.publisher.publish(res.redis, EventSpec(
         job_id, "status", JobStatus.RUNNING, attempt, progress=Progress.model_validate(job.progress or {}),
-        lease_until=started + lease, seq_floor=job.seq,
+        lease_until=started + lease, seq_floor=sql_floor(job.seq),
         fields={"started_at": repr(started), "worker": worker, "celery_id": str(celery_task.request.id)},
     ))
     if published.fenced:
