@@ -1,0 +1,63 @@
+"""Plain Celery configured as the original tutorial configures it: the baseline of bench/chaos.py.
+
+Not a benchmark (running this file only says so). Workers run it as `celery -A bench._baseline_celery worker`.
+Redis broker, `task_acks_late=True`, `worker_prefetch_multiplier=1`, the default visibility timeout (1 hour),
+no result backend. The task sleeps in steps and records what happened in a separate "ledger" Redis that the
+benchmark never restarts, so lost and duplicated jobs can be counted after the broker lost its data:
+`starts:{job}` (list of [ts, hostname]), `done:{job}` (INCR per completion), `running:{hostname}` (set),
+`done_jobs` (set).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import redis
+from celery import Celery
+
+BROKER_ENV = "BASELINE_BROKER_URL"
+LEDGER_ENV = "BASELINE_LEDGER_URL"
+
+
+def create_app(broker_url: str) -> Celery:
+    """The tutorial's app: Redis broker, acks late, prefetch one; everything else Celery's defaults."""
+    app = Celery("baseline", broker=broker_url)
+    app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1)
+    return app
+
+
+# `celery -A` needs a module-level app; the URL comes from the benchmark that starts the worker (no I/O here).
+app = create_app(os.environ.get(BROKER_ENV, "redis://127.0.0.1:6379/0"))
+_ledger: tuple[int, redis.Redis] | None = None
+
+
+def ledger() -> redis.Redis:
+    """This process's client for the ledger Redis (a forked pool child makes its own)."""
+    global _ledger
+    if _ledger is None or _ledger[0] != os.getpid():
+        _ledger = (os.getpid(), redis.Redis.from_url(os.environ[LEDGER_ENV]))
+    return _ledger[1]
+
+
+@app.task(bind=True, name="baseline.steps")
+def steps(self, job_id: str, steps: int, delay: float) -> int:  # type: ignore[no-untyped-def]
+    """Sleep `steps` times `delay` seconds; record the start and the completion in the ledger."""
+    host = str(self.request.hostname)
+    book = ledger()
+    book.rpush(f"starts:{job_id}", json.dumps([time.time(), host]))
+    book.sadd(f"running:{host}", job_id)
+    for _ in range(steps):
+        time.sleep(delay)
+    pipe = book.pipeline()
+    pipe.incr(f"done:{job_id}")
+    pipe.sadd("done_jobs", job_id)
+    pipe.set("last_done_at", repr(time.time()))
+    pipe.srem(f"running:{host}", job_id)
+    pipe.execute()
+    return steps
+
+
+if __name__ == "__main__":
+    print("bench/_baseline_celery.py is the Celery app bench/chaos.py runs as its baseline; not a benchmark.")

@@ -1,0 +1,393 @@
+"""Submissions through `POST /v1/jobs` (a real uvicorn gateway) vs raw Celery `send_task` of the same message.
+
+Both sides publish the same Celery message (`longrun_common.dispatch.send_job`: task `demo.steps`, kwargs
+`{job_id, attempt}`) to the same private Redis in the same run; no worker consumes it. The gateway also does
+what an accepted job costs: auth, JSON and schema validation against the SQL task catalog, the SQL insert, the
+`queued` event (Lua), the message, and the response with a stream token.
+
+  (a) max throughput: N concurrent clients (httpx.AsyncClient, keep-alive) for a fixed time; raw Celery with
+      N threads and with 1 thread (the better one is the baseline).
+  (b) latency at a fixed offered rate (open loop: request i is sent at t0 + i/rate whatever happened before;
+      latency is measured from that scheduled time, so queueing behind a slow request counts).
+
+Targets: gateway throughput >= 70% of raw; gateway p99 <= 50 ms at 200 req/s.
+`--profile` samples the gateway with py-spy (`uvx py-spy`, outside the project's lock) during one more
+throughput run and prints where its time goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from _common import Stack, ms, num, parser, percentile, print_table, ratio, say, stack
+from celery import Celery
+
+from longrun_common.celery_app import create_celery
+from longrun_common.db import create_db_engine
+from longrun_common.dispatch import send_job
+from longrun_common.keys import Keys
+from longrun_common.models import Job
+
+TASK = "demo.steps"
+ARGS = {"steps": 1}
+BODY = json.dumps({"task": TASK, "args": ARGS}).encode()
+HEADERS = {"Authorization": "Bearer dev-key", "Content-Type": "application/json"}
+TARGET_SHARE = 0.70
+TARGET_P99 = 0.050
+
+
+@dataclass
+class Run:
+    """One measured phase: how many requests, how long, their latencies and any failures."""
+
+    name: str
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    cpu_seconds: float = float("nan")  # the gateway process's CPU time during the phase
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def per_second(self) -> float:
+        return self.ok / self.seconds if self.seconds else float("nan")
+
+    def row(self, baseline: Run | None = None) -> list[str]:
+        lat = self.latencies
+        cpu = self.cpu_seconds / self.ok * 1000 if self.ok and self.cpu_seconds == self.cpu_seconds else float("nan")
+        return [self.name, num(self.ok), num(sum(self.errors.values())), num(self.per_second),
+                ms(percentile(lat, 50)), ms(percentile(lat, 99)), ms(max(lat) if lat else float("nan")),
+                "" if cpu != cpu else f"{cpu:.2f} ms",
+                ratio(self.per_second, baseline.per_second) if baseline else ""]
+
+
+HEADER = ["phase", "ok", "errors", "req/s", "p50", "p99", "max", "gw CPU/req", "vs raw"]
+
+
+# --- raw Celery ------------------------------------------------------------------------------------------------
+
+def raw_message(celery: Celery, keys: Keys) -> Callable[[], None]:
+    """Send the gateway's exact message for a fresh (unsaved) job row."""
+
+    def send() -> None:
+        send_job(celery, keys, Job(tenant="dev", task=TASK, args=ARGS, max_attempts=4))
+
+    return send
+
+
+def raw_throughput(send: Callable[[], None], threads: int, seconds: float, max_requests: int) -> Run:
+    run = Run(f"raw send_task, {threads} thread{'s' if threads > 1 else ''}")
+    lock = threading.Lock()
+    start = time.perf_counter()
+    deadline = start + seconds
+    budget = [max_requests]
+
+    def loop() -> None:
+        mine: list[float] = []
+        while True:
+            with lock:
+                if budget[0] <= 0:
+                    break
+                budget[0] -= 1
+            began = time.perf_counter()
+            if began >= deadline:
+                break
+            try:
+                send()
+            except Exception as exc:
+                with lock:
+                    run.errors[type(exc).__name__] += 1
+                continue
+            mine.append(time.perf_counter() - began)
+        with lock:
+            run.latencies.extend(mine)
+
+    pool = [threading.Thread(target=loop) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+def raw_paced(send: Callable[[], None], rate: float, seconds: float) -> Run:
+    """Open loop in one thread: request i is due at t0 + i/rate; latency counts from when it was due."""
+    run = Run(f"raw send_task @ {rate:g}/s")
+    total = int(rate * seconds)
+    start = time.perf_counter()
+    for i in range(total):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        try:
+            send()
+        except Exception as exc:
+            run.errors[type(exc).__name__] += 1
+            continue
+        run.latencies.append(time.perf_counter() - due)
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+# --- the gateway -----------------------------------------------------------------------------------------------
+
+async def _post(client: httpx.AsyncClient, run: Run, began: float, path: str = "/v1/jobs") -> None:
+    try:
+        if path == "/v1/jobs":
+            response = await client.post(path, content=BODY)
+        else:
+            response = await client.get(path)
+    except httpx.HTTPError as exc:
+        run.errors[type(exc).__name__] += 1
+        return
+    if response.status_code != (202 if path == "/v1/jobs" else 200):
+        run.errors[f"HTTP {response.status_code}"] += 1
+        return
+    run.latencies.append(time.perf_counter() - began)
+
+
+def _client(url: str, connections: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(base_url=url, headers=HEADERS, limits=limits, timeout=30.0)
+
+
+async def gateway_throughput(url: str, clients: int, seconds: float, max_requests: int, name: str,
+                             path: str = "/v1/jobs") -> Run:
+    run = Run(name)
+    budget = [max_requests]
+    async with _client(url, clients) as client:
+        start = time.perf_counter()
+        deadline = start + seconds
+
+        async def loop() -> None:
+            while budget[0] > 0 and (began := time.perf_counter()) < deadline:
+                budget[0] -= 1
+                await _post(client, run, began, path)
+
+        await asyncio.gather(*(loop() for _ in range(clients)))
+        run.seconds = time.perf_counter() - start
+    return run
+
+
+async def gateway_paced(url: str, rate: float, seconds: float, connections: int) -> Run:
+    run = Run(f"gateway @ {rate:g}/s")
+    total = int(rate * seconds)
+    async with _client(url, connections) as client:
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        pending = []
+        for i in range(total):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pending.append(loop.create_task(_post(client, run, due)))
+        await asyncio.gather(*pending)
+        run.seconds = time.perf_counter() - start
+    return run
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pid: int, body: Callable[[], Run]) -> Run:
+    before = cpu_seconds(pid)
+    run = body()
+    run.cpu_seconds = cpu_seconds(pid) - before
+    return run
+
+
+# --- profiling -------------------------------------------------------------------------------------------------
+
+# Exclusive attribution: a sample goes to the deepest frame in its stack that matches one of these (so the
+# shares add up to 100%); a sample matching none is the server's own machinery (uvicorn, asyncio, threads).
+PARTS = [
+    ("handler: SQL catalog read (load_task)", "load_task (longrun_gateway/submission.py"),
+    ("handler: args JSON Schema check", "check_args (longrun_gateway/submission.py"),
+    ("handler: Job row + limits (build_job rest)", "build_job (longrun_gateway/submission.py"),
+    ("handler: SQL INSERT + COMMIT", "commit (sqlalchemy/orm/session.py"),
+    ("handler: SQL refresh after commit", "refresh (sqlalchemy/orm/session.py"),
+    ("handler: queued event (Lua publish)", "publish (longrun_common/publisher.py"),
+    ("handler: Celery send_task (kombu)", "send_job (longrun_common/dispatch.py"),
+    ("handler: JobStore.submit rest (session)", "submit (longrun_common/jobs.py"),
+    ("handler: snapshot read (HGETALL)", "snapshot (longrun_gateway/views.py"),
+    ("handler: job view + stream token", "present (longrun_gateway/views.py"),
+    ("handler: idempotency digest etc.", "submit (longrun_gateway/submission.py"),
+    ("handler: JSONResponse + rest", "submit_job (longrun_gateway/routes/jobs.py"),
+    ("request body parse + pydantic", "parse (longrun_gateway/deps.py"),
+    ("auth (get_tenant)", "get_tenant (longrun_gateway/deps.py"),
+    ("threadpool hand-off (anyio)", "anyio/"),
+    ("FastAPI routing + dependencies", "fastapi/"),
+    ("Starlette routing/exceptions", "starlette/"),
+    ("metrics middleware (prometheus)", "longrun_gateway/middleware.py"),
+    ("logging (access log)", "logging/__init__.py"),
+    ("uvicorn HTTP protocol (httptools)", "uvicorn/protocols/http"),
+]
+OTHER = "asyncio loop, threads, other"
+
+
+def profile_gateway(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """Start py-spy (via uvx, so the project's lock is untouched) sampling the gateway for `seconds`."""
+    argv = ["uvx", "py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
+            "--format", "raw", "--output", str(out), "--nonblocking", "--gil"]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def summarize_profile(path: Path) -> None:
+    total = 0
+    parts: Counter[str] = Counter()
+    leaf: Counter[str] = Counter()
+    for line in path.read_text().splitlines():
+        stack_text, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        samples = int(n)
+        total += samples
+        frames = stack_text.split(";")
+        parts[_part(frames)] += samples
+        leaf[_short(frames[-1])] += samples
+    if not total:
+        print("py-spy recorded no samples")
+        return
+    rows = [[label, num(parts[label]), f"{parts[label] / total * 100:.1f}%"] for label, _ in [*PARTS, (OTHER, "")]]
+    print_table(f"Where the gateway's CPU goes (py-spy --gil, {total} samples; each sample counted once, under the "
+                "deepest named frame)", ["part", "samples", "share"], rows)
+    print_table("Hottest leaf frames (self time)", ["frame", "samples", "share"],
+                [[f, num(c), f"{c / total * 100:.1f}%"] for f, c in leaf.most_common(10)])
+
+
+def _part(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        for label, needle in PARTS:
+            if needle in frame:
+                return label
+    return OTHER
+
+
+def _short(frame: str) -> str:
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    parts = where.split("/")
+    return f"{name} ({'/'.join(parts[-2:])})"
+
+
+# --- main ------------------------------------------------------------------------------------------------------
+
+def register_catalog(st: Stack) -> None:
+    """The gateway reads the task catalog from SQL: write it as a starting worker would."""
+    import longrun_worker.tasks  # noqa: F401  (registers the built-in tasks)
+    from longrun_worker.catalog import register_catalog as register
+
+    engine = create_db_engine(st.settings)
+    try:
+        register(engine)
+    finally:
+        engine.dispose()
+
+
+def main() -> None:
+    ap = parser(__doc__.split("\n\n")[0])
+    ap.add_argument("--clients", type=int, default=16, help="concurrent clients for the throughput phase")
+    ap.add_argument("--seconds", type=float, default=5.0, help="length of each throughput phase")
+    ap.add_argument("--rate", type=float, default=200.0, help="offered rate of the latency phase, req/s")
+    ap.add_argument("--rate-seconds", type=float, default=5.0, help="length of each fixed-rate phase")
+    ap.add_argument("--max-requests", type=int, default=50_000, help="cap on requests per phase")
+    ap.add_argument("--warmup", type=int, default=200, help="requests sent to each side before measuring")
+    ap.add_argument("--profile", action="store_true",
+                    help="also sample the gateway with py-spy (uvx) during one more throughput phase")
+    args = ap.parse_args()
+
+    with stack(args, name="submit") as st:
+        register_catalog(st)
+        say("starting the gateway")
+        gateway = st.gateway()
+        assert gateway.process is not None and gateway.port is not None
+        pid = gateway.process.pid
+        settings = st.settings
+        celery = create_celery(settings, name="bench-raw")
+        send = raw_message(celery, Keys(settings.key_prefix))
+        try:
+            say(f"warming up ({args.warmup} requests each)")
+            raw_throughput(send, 1, 30, args.warmup)
+            asyncio.run(gateway_throughput(gateway.url, min(args.clients, 8), 60, args.warmup, "warmup"))
+
+            say(f"throughput: raw Celery, 1 and {args.clients} threads, {args.seconds:g}s each")
+            raw_one = raw_throughput(send, 1, args.seconds, args.max_requests)
+            raw_many = raw_throughput(send, args.clients, args.seconds, args.max_requests)
+            say(f"throughput: gateway, {args.clients} clients, {args.seconds:g}s")
+            gw = measured(pid, lambda: asyncio.run(gateway_throughput(
+                gateway.url, args.clients, args.seconds, args.max_requests, f"gateway, {args.clients} clients")))
+            raw_best = max(raw_one, raw_many, key=lambda r: r.per_second)
+            floor = measured(pid, lambda: asyncio.run(gateway_throughput(
+                gateway.url, args.clients, min(args.seconds, 3.0), args.max_requests,
+                "gateway GET /healthz (floor)", path="/healthz")))
+
+            say(f"latency at {args.rate:g} req/s, {args.rate_seconds:g}s each")
+            raw_rate = raw_paced(send, args.rate, args.rate_seconds)
+            gw_rate = measured(pid, lambda: asyncio.run(gateway_paced(
+                gateway.url, args.rate, args.rate_seconds, connections=max(args.clients, 64))))
+
+            profile_out = None
+            if args.profile:
+                profile_out = Path(tempfile.mkdtemp(prefix="longrun-pyspy-")) / "gateway.txt"
+                seconds = max(args.seconds, 8.0)
+                say(f"profiling the gateway with py-spy for {seconds:g}s under {args.clients} clients")
+                spy = profile_gateway(pid, seconds, profile_out)
+                time.sleep(1.0)  # py-spy attaches
+                asyncio.run(gateway_throughput(gateway.url, args.clients, seconds + 1, args.max_requests, "profiled"))
+                _, err = spy.communicate(timeout=120)
+                if spy.returncode != 0:
+                    say(f"py-spy failed ({spy.returncode}): {err.decode(errors='replace')[-500:]}")
+                    profile_out = None
+        finally:
+            celery.close()
+
+    print_table(
+        f"Submit throughput ({args.seconds:g}s per phase; the gateway and the client share this machine's "
+        f"{os.cpu_count()} CPUs)",
+        HEADER,
+        [raw_one.row(raw_best), raw_many.row(raw_best), gw.row(raw_best), floor.row(raw_best)],
+        [f"baseline = the better raw row ({raw_best.name}); target: gateway >= {TARGET_SHARE:.0%} of it -> "
+         f"{'MET' if gw.per_second >= TARGET_SHARE * raw_best.per_second else 'MISSED'} "
+         f"({ratio(gw.per_second, raw_best.per_second)})",
+         "latency = one request/send, closed loop; 'gw CPU/req' = the gateway process's CPU time / requests",
+         "GET /healthz: the same server doing no work (uvicorn + FastAPI + middleware): the ceiling for this "
+         "process on this machine"],
+    )
+    print_table(
+        f"Latency at a fixed offered rate of {args.rate:g} req/s (open loop, {args.rate_seconds:g}s; "
+        "latency from each request's scheduled send time)",
+        HEADER,
+        [raw_rate.row(), gw_rate.row()],
+        [f"target: gateway p99 <= {TARGET_P99 * 1000:.0f} ms -> "
+         f"{'MET' if percentile(gw_rate.latencies, 99) <= TARGET_P99 else 'MISSED'}; gateway p99 / raw p99 = "
+         f"{ratio(percentile(gw_rate.latencies, 99), percentile(raw_rate.latencies, 99))}; "
+         f"achieved {num(gw_rate.per_second)} req/s"],
+    )
+    for run in (raw_one, raw_many, gw, floor, raw_rate, gw_rate):
+        if run.errors:
+            print(f"  errors in {run.name}: {dict(run.errors)}")
+    if args.profile and profile_out is not None:
+        summarize_profile(profile_out)
+
+
+if __name__ == "__main__":
+    main()
