@@ -19,11 +19,13 @@ async def fail(
 ) -> str:
     """A job that exhausted its attempts: failed, with a dead letter (as the worker leaves it)."""
     job = await submit(client, headers=headers, **body)
-    ended = gateway_of(client).store.finish_if(
+    store = gateway_of(client).store
+    assert store.begin_attempt(job["id"], 1, "w1@host")
+    ended = store.finish_if(
         job["id"],
         1,
         JobStatus.FAILED,
-        only_from=(JobStatus.QUEUED,),
+        only_from=(JobStatus.RUNNING,),
         error=JobError(type=error_type, message=f"{error_type} happened", traceback="Traceback: secret"),
         dead_letter=True,
     )
@@ -66,6 +68,11 @@ async def test_get_and_tenant_isolation(client: httpx.AsyncClient) -> None:
     [letter] = (await letters(client))["items"]  # type: ignore[misc]
     got = await client.get(f"/v1/dead-letters/{letter['id']}", headers=DEV)
     assert got.status_code == 200 and got.json()["job_id"] == letter["job_id"]
+    full = got.json()
+    assert full["traceback"] == "Traceback: secret" and full["job"]["args"] == {"steps": 5}
+    [attempt] = full["history"]
+    assert attempt["attempt"] == 1 and attempt["status"] == "failed" and attempt["worker"] == "w1@host"
+    assert attempt["error"]["type"] == "ValueError" and attempt["finished_at"].endswith("Z")
     assert (await letters(client, headers=ACME))["items"] == []
     for method, suffix in [("GET", ""), ("POST", "/requeue"), ("DELETE", "")]:
         response = await client.request(method, f"/v1/dead-letters/{letter['id']}{suffix}", headers=ACME)

@@ -122,7 +122,22 @@ def requeue_many(tenant: TenantDep, gateway: GatewayDep, session: SessionDep, bo
 
 @router.get("/{letter_id}")
 def get_dead_letter(letter_id: str, tenant: TenantDep, gateway: GatewayDep, session: SessionDep) -> dict[str, Any]:
-    return _items(gateway, session, [_load(session, tenant, letter_id)])[0]
+    """One dead letter in full: as listed, plus the traceback and every attempt (the job carries its args)."""
+    letter = _load(session, tenant, letter_id)
+    item = _items(gateway, session, [letter])[0]
+    item["traceback"] = (letter.error or {}).get("traceback")
+    item["history"] = [
+        {
+            "attempt": attempt.number,
+            "status": attempt.status,
+            "worker": attempt.worker,
+            "error": attempt.error,
+            "started_at": iso(attempt.started_at),
+            "finished_at": iso(attempt.finished_at),
+        }
+        for attempt in gateway.store.attempts(letter.job_id)
+    ]
+    return item
 
 
 @router.post("/{letter_id}/requeue", status_code=202)
