@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
+import anyio.to_thread
 import httpx
 import pytest
 import redis
 from gateway_support import ACME, DEMO_SCHEMA, DEV, error_of, gateway_of, submit
 from sqlalchemy import Engine
-from sqlmodel import Session, delete, update
+from sqlmodel import Session, col, delete, update
 
 from longrun_common import tokens
 from longrun_common.events import Progress
@@ -189,6 +193,54 @@ async def test_empty_catalog_says_so(client: httpx.AsyncClient) -> None:
     response = await client.post("/v1/jobs", json={"task": "demo.steps", "args": {"steps": 1}}, headers=DEV)
     assert response.status_code == 422
     assert "known tasks: none registered yet" in error_of(response)["message"]
+
+
+async def test_submit_takes_one_threadpool_hop(lite_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Auth, the rate limit and the body run on the event loop; only the handler's SQL/Redis work hops."""
+    hops: list[str] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(func, "__qualname__", repr(func)))
+        return await run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    await submit(lite_client)
+    assert len(hops) == 1, hops
+
+
+def _set_max_steps(engine: Engine, maximum: int) -> None:
+    """A redeployed worker rewrites its catalog row: here, a new bound on `steps`."""
+    steps = {"type": "integer", "maximum": maximum}
+    schema = {**DEMO_SCHEMA, "properties": {**DEMO_SCHEMA["properties"], "steps": steps}}
+    with Session(engine) as session:
+        session.execute(update(TaskRecord).where(col(TaskRecord.name) == "demo.steps").values(args_schema=schema))
+        session.commit()
+
+
+async def test_catalog_is_cached_for_its_ttl(client: httpx.AsyncClient, engine: Engine) -> None:
+    async def steps_accepted(steps: int) -> bool:
+        body = {"task": "demo.steps", "args": {"steps": steps}}
+        response = await client.post("/v1/jobs", json=body, headers=DEV)
+        assert response.status_code in (202, 422), response.text
+        return response.status_code == 202
+
+    catalog = gateway_of(client).catalog
+    assert catalog.ttl == 5.0
+    assert await steps_accepted(50)
+    _set_max_steps(engine, 10)
+    assert await steps_accepted(50)  # still the cached row
+    catalog.clear()
+    assert not await steps_accepted(50)  # SQL read again: the new schema applies
+    catalog.ttl = 0.2
+    catalog.clear()
+    assert not await steps_accepted(50)
+    _set_max_steps(engine, 100)
+    await asyncio.sleep(0.3)
+    assert await steps_accepted(50)  # the cached row expired
+    catalog.ttl = 0  # no caching at all
+    _set_max_steps(engine, 10)
+    assert not await steps_accepted(50)
 
 
 async def test_pages_are_exact_when_timestamps_tie(client: httpx.AsyncClient) -> None:

@@ -75,6 +75,37 @@ def test_main_migrates_then_serves(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
         engine.dispose()
 
     monkeypatch.setattr(entry.uvicorn, "run", fake_run)
-    entry.main()
+    entry.main([])
     assert served["host"] == "0.0.0.0" and served["port"] == 8123
+    assert served["access_log"] is False  # errors only, unless asked for
     assert {"jobs", "tasks", "files", "dead_letters", "idempotency_keys"} <= served["tables"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the backend is not what is tested here
+async def test_workers_share_the_port_and_their_metrics(
+    services: ServiceFactory, engine: Engine, redis_client: redis.Redis, key_prefix: str, tmp_path: Path
+) -> None:
+    """`--workers 2`: two processes serve; every scrape, whichever worker answers it, counts all of them."""
+    seed_catalog(engine)
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_1.db").write_bytes(b"left by an earlier run")  # emptied at start, never summed in
+    gateway = services("gateway", "--workers", "2", env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
+    body = {"task": "demo.steps", "args": {"steps": 1}}
+
+    async def submit_on_new_connection() -> int:
+        async with httpx.AsyncClient(base_url=gateway.url, headers=DEV, timeout=30) as client:
+            return (await client.post("/v1/jobs", json=body)).status_code
+
+    submitted = 0
+    while len(list(metrics_dir.glob("counter_*.db"))) < 2:  # a file per worker process, once it counted something
+        assert submitted < 200, "every request went to one worker"
+        assert await asyncio.gather(*(submit_on_new_connection() for _ in range(10))) == [202] * 10
+        submitted += 10
+    assert len(queued_messages(redis_client, key_prefix)) == submitted
+    for _ in range(6):  # new connections: the scrapes land on either worker
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+            text = (await client.get("/metrics")).text
+        assert f'longrun_jobs_submitted_total{{task="demo.steps"}} {submitted}.0' in text
+        assert f'longrun_gateway_requests_total{{method="POST",route="/v1/jobs",status="202"}} {submitted}.0' in text
+        assert "longrun_dead_letters_scrape_ok 1.0" in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from gateway_support import DEMO_POLICY, DEMO_SCHEMA
@@ -14,13 +15,17 @@ from longrun_common.settings import Settings
 from longrun_gateway.deps import MAX_JSON_DEPTH, parse_json
 from longrun_gateway.errors import ApiError, field_path
 from longrun_gateway.pagination import Cursor
-from longrun_gateway.submission import JobRequest, check_args, check_idempotency_key, time_limits
+from longrun_gateway.submission import CatalogTask, JobRequest, check_args, check_idempotency_key, time_limits
 from longrun_gateway.uploads import safe_name
 from longrun_gateway.views import hub_ws_base, is_uuid
 
 pytestmark = pytest.mark.unit
 
-DEMO = TaskRecord(name="demo.steps", args_schema=DEMO_SCHEMA, policy=DEMO_POLICY.model_dump())
+DEMO = CatalogTask.of(TaskRecord(name="demo.steps", args_schema=DEMO_SCHEMA), DEMO_POLICY)
+
+
+def task(**fields: Any) -> CatalogTask:
+    return CatalogTask.of(TaskRecord(**fields), TaskPolicy())
 
 
 def problems(exc: pytest.ExceptionInfo[ApiError]) -> list[str]:
@@ -60,7 +65,7 @@ def test_args_errors_name_the_field() -> None:
     assert "args.steps: 'many' is not of type 'integer'" in found
     assert "args.delay: 61 is greater than the maximum of 60" in found
     assert any(p.startswith("args: Additional properties are not allowed ('bogus'") for p in found)
-    nested = TaskRecord(
+    nested = task(
         name="n",
         args_schema={
             "type": "object",
@@ -83,7 +88,7 @@ def test_args_errors_name_the_field() -> None:
 
 def test_args_schema_uses_draft_2020_12() -> None:
     # prefixItems exists only from Draft 2020-12 on; an older validator would ignore it.
-    record = TaskRecord(
+    record = task(
         name="t",
         args_schema={
             "type": "object",
@@ -95,9 +100,10 @@ def test_args_schema_uses_draft_2020_12() -> None:
     assert problems(exc) == ["args.pair[0]: 'a' is not of type 'integer'"]
 
 
-def test_broken_catalog_schema_is_a_503_not_a_500() -> None:
+@pytest.mark.parametrize("schema", [{"type": 12}, {"properties": {"x": {"type": "string", "pattern": "("}}}])
+def test_broken_catalog_schema_is_a_503_not_a_500(schema: dict[str, Any]) -> None:
     with pytest.raises(ApiError) as exc:
-        check_args(TaskRecord(name="bad", args_schema={"type": 12}), {})
+        task(name="bad", args_schema=schema)
     assert exc.value.status_code == 503
 
 

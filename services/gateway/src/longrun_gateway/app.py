@@ -42,3 +42,8 @@ def create_app(settings: Settings) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     return app
+
+
+def create_app_from_env() -> FastAPI:
+    """A gateway on settings from the environment: the factory each uvicorn worker process calls."""
+    return create_app(Settings())

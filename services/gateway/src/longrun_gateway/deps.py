@@ -1,4 +1,9 @@
-"""Dependency aliases: the one place handlers get clients, the tenant and request bodies from."""
+"""Dependency aliases: the one place handlers get clients, the tenant and request bodies from.
+
+Dependencies that do no blocking I/O are `async def`: FastAPI runs a plain `def` dependency in the threadpool,
+and a hop per dependency costs more than the work. Blocking work (SQL, the sync Redis client) stays in `def`
+handlers and dependencies, which run in the threadpool.
+"""
 
 from __future__ import annotations
 
@@ -23,14 +28,14 @@ M = TypeVar("M", bound=BaseModel)
 MAX_JSON_DEPTH = 64
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
     return cast(Gateway, request.state.gateway)
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
-def get_settings(gateway: GatewayDep) -> Settings:
+async def get_settings(gateway: GatewayDep) -> Settings:
     return gateway.settings
 
 
@@ -39,7 +44,7 @@ def get_session(gateway: GatewayDep) -> Iterator[Session]:
         yield session
 
 
-def get_store(gateway: GatewayDep) -> JobStore:
+async def get_store(gateway: GatewayDep) -> JobStore:
     return gateway.store
 
 
@@ -48,7 +53,7 @@ SessionDep = Annotated[Session, Depends(get_session)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 
 
-def get_tenant(request: Request, settings: SettingsDep) -> str:
+async def get_tenant(request: Request, settings: SettingsDep) -> str:
     """The tenant of the request's API key (`Authorization: Bearer <key>`), or 401."""
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")

@@ -1,13 +1,22 @@
-"""Prometheus metrics of one gateway app: its own registry, so several apps can live in one process (tests)."""
+"""Prometheus metrics of one gateway app: its own registry, so several apps can live in one process (tests).
+
+With several worker processes (`python -m longrun_gateway --workers N`), PROMETHEUS_MULTIPROC_DIR is set: every
+process writes its counters and histograms to files there, and a scrape, whichever worker answers it, sums them.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
@@ -15,6 +24,8 @@ from sqlmodel import Session, col, select
 from longrun_common.models import DeadLetter
 
 log = logging.getLogger(__name__)
+
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class DeadLetterCollector(Collector):
@@ -96,4 +107,28 @@ class Metrics:
             self._dead_letters = None
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if MULTIPROC_DIR not in os.environ:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()  # every worker's values, from their files
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # registers itself
+        if self._dead_letters is not None:
+            registry.register(self._dead_letters)
+        return generate_latest(registry)
+
+
+@contextlib.contextmanager
+def multiprocess_dir() -> Iterator[Path]:
+    """PROMETHEUS_MULTIPROC_DIR for the worker processes started inside: the one given in the environment
+    (emptied first: files of an earlier run would be summed in), else a temporary one."""
+    given = os.environ.get(MULTIPROC_DIR)
+    if given:
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        yield Path(given)
+        return
+    with tempfile.TemporaryDirectory(prefix="longrun-gateway-metrics-") as path:
+        os.environ[MULTIPROC_DIR] = path
+        try:
+            yield Path(path)
+        finally:
+            del os.environ[MULTIPROC_DIR]

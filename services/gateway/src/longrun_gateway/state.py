@@ -26,6 +26,7 @@ from longrun_common.settings import Settings
 from .live import LiveEvents
 from .metrics import Metrics
 from .ratelimit import SubmitLimiter
+from .submission import TaskCatalog
 
 if TYPE_CHECKING:
     SyncRedis = redis.Redis[bytes]
@@ -52,6 +53,7 @@ class Gateway:
     publisher: Publisher
     reader: Reader
     store: JobStore
+    catalog: TaskCatalog
     live: LiveEvents
     limiter: SubmitLimiter
     metrics: Metrics
@@ -89,6 +91,9 @@ class Gateway:
             retry=AsyncRetry(NoBackoff(), 0),
         )
         celery = create_celery(settings, name="longrun-gateway")
+        # No `task-sent` event per submission: a second Redis publish that doubled the cost of a send. Flower
+        # still follows every task through the worker's received/started/succeeded events.
+        celery.conf.task_send_sent_event = False
         publisher = Publisher(keys, stream_maxlen=settings.stream_maxlen, event_ttl_seconds=settings.event_ttl_seconds)
         store = JobStore(engine=engine, redis=sync_redis, keys=keys, publisher=publisher, celery=celery)
         metrics.watch_dead_letters(engine)
@@ -102,6 +107,7 @@ class Gateway:
             publisher=publisher,
             reader=Reader(keys),
             store=store,
+            catalog=TaskCatalog(engine),
             live=LiveEvents(listen_redis, keys),
             limiter=SubmitLimiter(async_redis, keys, settings.tenant_rate_limit),
             metrics=metrics,

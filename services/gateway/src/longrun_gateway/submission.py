@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kombu.exceptions
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import delete
+from sqlalchemy import Engine, delete
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -24,13 +24,19 @@ from longrun_common.celery_app import QUEUES
 from longrun_common.models import IdempotencyKey, Job, TaskRecord, utcnow
 
 from .errors import ApiError, field_path, invalid, invalid_many
-from .state import Gateway
+
+if TYPE_CHECKING:  # state.py imports this module (the catalog cache lives on the Gateway)
+    from .state import Gateway
 
 log = logging.getLogger(__name__)
 
 QUEUE_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 _KEY_PATTERN = re.compile(r"^[\x20-\x7e]{1,255}$")
 MAX_ARG_ERRORS = 20
+# How long a catalog row (and its compiled args schema) is reused before SQL is read again: a redeployed
+# worker's catalog change reaches submissions within this time.
+CATALOG_TTL_SECONDS = 5.0
+_SCHEMA_ERRORS = (SchemaError, re.error, TypeError, ValueError)
 
 
 class JobRequest(BaseModel):
@@ -90,27 +96,61 @@ def load_task(session: Session, name: str) -> tuple[TaskRecord, TaskPolicy]:
     return record, policy
 
 
-@functools.lru_cache(maxsize=256)
-def _validator(schema_json: str) -> Draft202012Validator:
-    """A checked validator per distinct schema (the catalog changes rarely; checking is not free)."""
-    schema = json.loads(schema_json)
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+@dataclass(frozen=True)
+class CatalogTask:
+    """A task's catalog row with its policy and its checked args validator (Draft 2020-12)."""
+
+    record: TaskRecord
+    policy: TaskPolicy
+    validator: Draft202012Validator
+
+    @classmethod
+    def of(cls, record: TaskRecord, policy: TaskPolicy) -> CatalogTask:
+        """503 when the catalog holds an invalid args schema (the worker that wrote it must be fixed)."""
+        schema = record.args_schema or {}
+        try:
+            Draft202012Validator.check_schema(schema)
+        except _SCHEMA_ERRORS:
+            raise _invalid_schema(record.name) from None
+        return cls(record, policy, Draft202012Validator(schema))
 
 
-def check_args(record: TaskRecord, args: dict[str, Any]) -> None:
-    """Validate args against the task's JSON Schema (Draft 2020-12); each problem names its field."""
+class TaskCatalog:
+    """Catalog tasks by name, each kept for `ttl` seconds after it was read from SQL (0: read every time).
+
+    Unknown names are never cached, so a task a worker has just registered is found at once. Thread-safe
+    enough: two threads that miss together both read SQL, and the last one's copy stays.
+    """
+
+    def __init__(self, engine: Engine, ttl: float = CATALOG_TTL_SECONDS) -> None:
+        self.engine = engine
+        self.ttl = ttl
+        self._tasks: dict[str, tuple[float, CatalogTask]] = {}  # name -> (monotonic time read, task)
+
+    def get(self, name: str) -> CatalogTask:
+        """The task, or 422 listing the known tasks. Blocking (SQL) on a miss."""
+        now = time.monotonic()
+        cached = self._tasks.get(name)
+        if cached is not None and now - cached[0] < self.ttl:
+            return cached[1]
+        self._tasks.pop(name, None)  # expired: a task gone from the catalog must not linger here
+        with Session(self.engine) as session:
+            task = CatalogTask.of(*load_task(session, name))
+        if self.ttl > 0:
+            self._tasks[name] = (now, task)
+        return task
+
+    def clear(self) -> None:
+        """Forget every cached task: the next submission of each reads SQL."""
+        self._tasks.clear()
+
+
+def check_args(task: CatalogTask, args: dict[str, Any]) -> None:
+    """Validate args against the task's JSON Schema; each problem names its field."""
     try:
-        validator = _validator(json.dumps(record.args_schema or {}, sort_keys=True))
-        errors = sorted(validator.iter_errors(args), key=lambda e: [str(p) for p in e.absolute_path])
-    except (SchemaError, re.error, TypeError, ValueError):
-        log.exception("task %s has an invalid args_schema in the catalog", record.name)
-        raise ApiError(
-            503,
-            f"task {record.name!r} has an invalid args schema in the catalog; redeploy its worker",
-            code="unavailable",
-            details={"dependency": "catalog"},
-        ) from None
+        errors = sorted(task.validator.iter_errors(args), key=lambda e: [str(p) for p in e.absolute_path])
+    except _SCHEMA_ERRORS:  # a schema can pass check_schema and still fail while validating
+        raise _invalid_schema(task.record.name) from None
     if not errors:
         return
     problems = []
@@ -122,6 +162,17 @@ def check_args(record: TaskRecord, args: dict[str, Any]) -> None:
             loc.append((named or missing or ["?"])[0])
         problems.append({"field": field_path(loc, root="args"), "message": error.message})
     raise invalid_many(problems)
+
+
+def _invalid_schema(task: str) -> ApiError:
+    """Called while handling the schema error, which the log shows."""
+    log.exception("task %s has an invalid args_schema in the catalog", task)
+    return ApiError(
+        503,
+        f"task {task!r} has an invalid args schema in the catalog; redeploy its worker",
+        code="unavailable",
+        details={"dependency": "catalog"},
+    )
 
 
 def time_limits(request: JobRequest, policy: TaskPolicy) -> tuple[float | None, float | None]:
@@ -146,9 +197,9 @@ def time_limits(request: JobRequest, policy: TaskPolicy) -> tuple[float | None, 
 def build_job(gateway: Gateway, tenant: str, request: JobRequest) -> Job:
     """Validate the request against the catalog and build the (unsaved) job row."""
     check_queue(request.queue)
-    with Session(gateway.engine) as session:
-        record, policy = load_task(session, request.task)
-    check_args(record, request.args)
+    task = gateway.catalog.get(request.task)
+    check_args(task, request.args)
+    policy = task.policy
     soft, hard = time_limits(request, policy)
     return Job(
         tenant=tenant,

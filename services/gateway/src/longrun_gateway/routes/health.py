@@ -20,7 +20,7 @@ CHECK_TIMEOUT = 3.0
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     """The process is alive."""
     return {"status": "ok"}
 
