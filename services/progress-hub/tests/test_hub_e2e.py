@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from hubtest import Jobs, assert_gap_free
-from playwright.async_api import Browser, Page, async_playwright
+from hubtest import Jobs, assert_gap_free, until
+from playwright.async_api import Browser, Page, WebSocket, async_playwright
 
 from tests.support.fixtures import ServiceFactory
 from tests.support.servers import repo_root
@@ -42,10 +42,10 @@ async def browser() -> AsyncIterator[Browser]:
         await browser.close()
 
 
-async def submit(gateway_url: str, args: dict[str, Any]) -> str:
+async def submit(gateway_url: str, args: dict[str, Any], key: str = "dev-key") -> str:
     async with httpx.AsyncClient(timeout=10) as http:
         response = await http.post(f"{gateway_url}/v1/jobs", json={"task": "demo.steps", "args": args},
-                                   headers={"Authorization": "Bearer dev-key"})
+                                   headers={"Authorization": f"Bearer {key}"})
     assert response.status_code == 202, response.text
     return str(response.json()["id"])
 
@@ -61,7 +61,9 @@ async def test_dashboard_shows_live_progress(services: ServiceFactory, browser: 
     page = await browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    await page.goto(f"{gateway.url}/dashboard")
+    sockets: list[WebSocket] = []
+    page.on("websocket", lambda ws: sockets.append(ws))
+    await page.goto(f"{gateway.url}/dashboard?rows=2")  # keeps the 2 newest jobs
     await page.fill("#api-key", "dev-key")
     await page.click("#save-key")
     await page.wait_for_function("document.body.dataset.live === '1'", timeout=15_000)
@@ -84,6 +86,25 @@ async def test_dashboard_shows_live_progress(services: ServiceFactory, browser: 
     assert await page.text_content(f'.job[data-job-id="{job}"] .status') == "succeeded"
     await asyncio.to_thread(ARTIFACTS.mkdir, exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+    # Another key (another tenant), submitted twice in a row: none of dev's rows stay, and of the two
+    # overlapping connects only one hub socket is left open.
+    await page.fill("#api-key", "acme-key")
+    await page.evaluate("() => { const form = document.getElementById('key-form');"
+                        " form.requestSubmit(); form.requestSubmit(); }")
+    await page.wait_for_function("document.body.dataset.live === '1'"
+                                 " && document.getElementById('state').textContent.startsWith('0 recent')",
+                                 timeout=15_000)
+    assert await page.locator(".job").count() == 0
+    hub_sockets = [ws for ws in sockets if "/v1/ws" in ws.url]
+    await until(lambda: sum(not ws.is_closed() for ws in hub_sockets) == 1, within=5)
+    # Rows are pruned to the newest `rows`.
+    acme = []
+    for _ in range(3):
+        acme.append(await submit(gateway.url, {"steps": 1, "delay": 0}, key="acme-key"))
+        await asyncio.sleep(0.05)
+    shown = "[...document.querySelectorAll('.job')].map((el) => el.dataset.jobId).join(' ')"
+    await page.wait_for_function(f"{shown} === {json.dumps(f'{acme[2]} {acme[1]}')}", timeout=15_000)
     assert errors == []
 
 

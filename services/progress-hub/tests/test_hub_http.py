@@ -49,6 +49,19 @@ async def test_sse_snapshot_events_and_end(hub: SharedHub) -> None:
     assert response.status_code == 204
 
 
+async def test_sse_resume_replays_the_whole_history_without_coalescing(hub: SharedHub) -> None:
+    jobs = hub.jobs
+    job = await jobs.create()
+    for i in range(1, 150):
+        await jobs.progress(job, i, total=150)  # seq 2..150, more than a client's queue (64)
+    final = await jobs.finish(job)
+    status, frames, ids = await sse(f"{hub.url}/v1/jobs/{job}/events", params={"token": jobs.token(job)},
+                                    headers={"Last-Event-ID": "0"})
+    assert status == 200 and ids == [str(seq) for seq in range(1, final + 1)]
+    assert_gap_free([f["seq"] for f in frames], 1, final)
+    assert not any("coalesced" in f for f in frames)
+
+
 async def test_sse_live(hub: SharedHub) -> None:
     jobs = hub.jobs
     job = await jobs.create()
@@ -76,11 +89,13 @@ async def test_sse_errors(hub: SharedHub) -> None:
         (job, {}, {}, 401),
         (job, {"token": "garbage"}, {}, 401),
         (job, {"token": jobs.token(job, ttl=-60)}, {}, 401),
-        (job, {"token": jobs.token(foreign)}, {}, 403),
-        (foreign, {"token": jobs.token(None)}, {}, 403),
+        (job, {"token": jobs.token(foreign)}, {}, 403),  # a token for another job
+        (foreign, {"token": jobs.token(None)}, {}, 404),  # another tenant's job: as if it did not exist
+        (foreign, {"token": jobs.token(foreign)}, {}, 404),
         ("missing", {"token": jobs.token(None)}, {}, 404),
         (job, {"token": jobs.token(job), "since": "-1"}, {}, 422),
         (job, {"token": jobs.token(job)}, {"Last-Event-ID": "abc"}, 422),
+        (job, {"token": jobs.token(job)}, {"Last-Event-ID": str(2**63)}, 422),  # not 503 (retried forever)
     ]
     async with httpx.AsyncClient() as http:
         for target, params, headers, expected in cases:

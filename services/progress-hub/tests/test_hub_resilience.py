@@ -208,15 +208,25 @@ async def test_max_connection_lifetime_hands_over_without_loss(services: Service
 
 
 async def test_multiplexed_reconnect_frame_names_each_job(services: ServiceFactory, jobs: Jobs) -> None:
+    """...and SSE is not rotated at all: EventSource would reconnect with the same token, whose lifetime is
+    the same as the connection's, and a 401 ends an EventSource for good."""
     hub = services("hub", env={"LONGRUN_HUB_MAX_CONNECTION_SECONDS": "0.5"})
     a, b = await jobs.create(), await jobs.create()
     await jobs.progress(b, 1)
-    async with websockets.connect(ws_url(hub.url, "/v1/ws", token=jobs.token(None))) as ws:
-        await ws.send(json.dumps({"op": "subscribe", "job_id": a}))
-        await ws.send(json.dumps({"op": "subscribe", "job_id": b}))
-        received = await read_until_closed(ws)
-    assert received.frames[-1] == {"type": "reconnect", "reason": "max_lifetime", "since": {a: 1, b: 2}}
-    assert received.code == 1012
+    async with httpx.AsyncClient(timeout=10) as http, http.stream(
+        "GET", f"{hub.url}/v1/jobs/{b}/events", params={"token": jobs.token(b)}
+    ) as sse:
+        lines = sse.aiter_lines()
+        async with websockets.connect(ws_url(hub.url, "/v1/ws", token=jobs.token(None))) as ws:
+            await ws.send(json.dumps({"op": "subscribe", "job_id": a}))
+            await ws.send(json.dumps({"op": "subscribe", "job_id": b}))
+            received = await read_until_closed(ws)
+        assert received.frames[-1] == {"type": "reconnect", "reason": "max_lifetime", "since": {a: 1, b: 2}}
+        assert received.code == 1012
+        await asyncio.sleep(0.2)  # the SSE stream is now older than 1.1 x the maximum lifetime
+        final = await jobs.finish(b)
+        sse_frames = [json.loads(line[6:]) async for line in lines if line.startswith("data: ")]
+    assert [(f["type"], f["seq"]) for f in sse_frames] == [("snapshot", 2), ("status", final)]
 
 
 async def test_keepalive_pings(services: ServiceFactory, jobs: Jobs) -> None:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
-from hubtest import Jobs, eventually, numsub
+from hubtest import Jobs, assert_gap_free, eventually, numsub, until
 
+from longrun_common.events import Progress
+from longrun_common.publisher import EventSpec
 from longrun_common.settings import Settings
+from longrun_common.states import JobStatus
 from longrun_common.tokens import StreamScope
 from longrun_hub.frames import Event
 from longrun_hub.hub import Hub, Outcome, SeamHook
@@ -29,6 +34,26 @@ class Capture(Connection):
 
     async def send_item(self, item: Item) -> None:  # pragma: no cover - never drained here
         raise AssertionError
+
+
+class Sink(Connection):
+    """A connection whose sender runs: every frame it sends is kept (a client that reads as fast as it can,
+    or `delay` seconds per frame)."""
+
+    transport = "ws"
+
+    def __init__(self, hub: Hub, delay: float = 0.0) -> None:
+        super().__init__(hub)
+        self.delay = delay
+        self.sent: list[dict[str, Any]] = []
+        self.closed: tuple[int, str] | None = None
+
+    async def send_item(self, item: Item) -> None:
+        await asyncio.sleep(self.delay)
+        self.sent.append(json.loads(item.text))
+
+    async def send_close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
 
 
 HubFactory = Callable[..., Awaitable[Hub]]
@@ -161,10 +186,86 @@ async def test_the_last_watcher_out_unsubscribes(make_hub: HubFactory, jobs: Job
 
 
 async def test_unknown_and_foreign_jobs(make_hub: HubFactory, jobs: Jobs) -> None:
+    """Another tenant's job looks exactly like a missing one; 4403 is only a job token for another job."""
     hub = await make_hub()
     foreign = await jobs.create(tenant="acme")
+    mine = await jobs.create()
     conn = Capture(hub)
     assert await hub.watch(conn, "no-such-job", None, DEV) is Outcome.NOT_FOUND
-    assert await hub.watch(conn, foreign, None, DEV) is Outcome.FORBIDDEN
+    assert await hub.watch(conn, foreign, None, DEV) is Outcome.NOT_FOUND
+    assert await hub.watch(conn, foreign, None, StreamScope("dev", foreign)) is Outcome.NOT_FOUND
+    assert await hub.watch(conn, mine, None, StreamScope("dev", "another-job")) is Outcome.FORBIDDEN
     assert await hub.watch(conn, foreign, None, StreamScope("acme", foreign)) is Outcome.LIVE
     assert not hub.channels.get("no-such-job")
+
+
+async def test_a_resumed_replay_is_paged_and_never_coalesced(make_hub: HubFactory, jobs: Jobs) -> None:
+    """since=0 on a job with 4 queues' worth of history, live events arriving while it replays: the client
+    gets 1..N exactly (nothing coalesced, however much is queued), then live events after it."""
+    job = await jobs.create()
+    for i in range(1, 300):
+        await jobs.progress(job, i, total=1000)  # seq 2..300
+    hub = await make_hub()
+    assert hub.limits.replay_page <= hub.limits.queue_size < 300
+    conn = Sink(hub, delay=0.0005)  # slower than the publisher below: the outbox is under pressure
+    sender = asyncio.create_task(conn.run())
+    try:
+        assert await hub.watch(conn, job, 0, DEV) is Outcome.LIVE
+        assert len(conn.items) <= hub.limits.replay_page  # the rest of the replay is read as the sender drains
+        for i in range(300, 400):
+            await jobs.progress(job, i, total=1000)  # 301..400, live, while the replay is sent
+        final = await jobs.finish(job)
+        await asyncio.wait_for(sender, 20)
+    finally:
+        sender.cancel()
+    frames = [f for f in conn.sent if f["type"] != "snapshot"]
+    assert conn.sent[0]["type"] != "snapshot" and conn.closed is not None and conn.closed[0] == 1000
+    replayed = [f for f in frames if f["seq"] <= 300]
+    assert_gap_free([f["seq"] for f in replayed], 1, 300)
+    assert not any("coalesced" in f for f in replayed)
+    seqs = [f["seq"] for f in frames]
+    assert seqs == sorted(set(seqs)) and seqs[-1] == final  # live ones may be coalesced, never lost or repeated
+    assert sum(1 + f.get("coalesced", 0) for f in frames) == final
+    assert conn.replay_queued == 0 and not conn.replays
+
+
+async def test_a_job_whose_redis_data_was_lost_starts_again_with_a_snapshot(make_hub: HubFactory,
+                                                                             jobs: Jobs) -> None:
+    """Redis loses the job (FLUSHALL, restart without persistence) and a worker's next event recreates the
+    hash with a lower seq, or the same seq for another event: watchers get a fresh snapshot and continue from
+    it. The recreated hash has no tenant: only a job token for exactly this job opens it meanwhile."""
+    job = await jobs.create()
+    for i in range(1, 6):
+        await jobs.progress(job, i)  # 2..6
+    hub = await make_hub()
+    conn = Capture(hub)
+    assert await hub.watch(conn, job, None, DEV) is Outcome.LIVE
+    await jobs.progress(job, 6)  # 7
+    await eventually(lambda: last_seq(conn), 7)
+
+    async def lose_and_publish(current: int, seq_floor: int) -> int:
+        await jobs.client.delete(jobs.keys.job(job), jobs.keys.stream(job))
+        spec = EventSpec(job, "progress", JobStatus.RUNNING, 1, progress=Progress(current=current, total=100),
+                         seq_floor=seq_floor)
+        return (await jobs.publisher.apublish(jobs.client, spec)).seq
+
+    assert await lose_and_publish(50, seq_floor=0) == 1  # seq starts again from 1
+    await until(lambda: ("snapshot", 1) in conn.frames(), within=5)
+    await jobs.progress(job, 51)  # 2
+    await eventually(lambda: last_seq(conn), 2)
+    assert conn.frames() == [("snapshot", 6), ("event", 7), ("snapshot", 1), ("event", 2)]
+    snapshot = json.loads(next(i.text for i in conn.items if i.kind == SNAPSHOT and i.seq == 1))
+    assert snapshot["job"]["progress"]["current"] == 50.0 and snapshot["job"]["tenant"] is None
+    assert hub.metrics.repair_reset._value.get() == 1
+
+    assert await lose_and_publish(60, seq_floor=1) == 2  # the same seq as the watcher's last, another event
+    await until(lambda: conn.frames()[-1] == ("snapshot", 2), within=5)
+    await jobs.progress(job, 61)  # 3
+    await eventually(lambda: last_seq(conn), 3)
+    assert conn.frames()[4:] == [("snapshot", 2), ("event", 3)]
+
+    # Until the reconciler restores the hash's tenant, a tenant token cannot prove the job is its own.
+    # (The gateway mints a job token only after checking the job is the tenant's, so that one may.)
+    assert await hub.watch(Capture(hub), job, None, DEV) is Outcome.NOT_FOUND
+    assert await hub.watch(Capture(hub), job, None, StreamScope("dev", "another-job")) is Outcome.NOT_FOUND
+    assert await hub.watch(Capture(hub), job, None, StreamScope("dev", job)) is Outcome.LIVE

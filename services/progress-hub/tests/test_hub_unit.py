@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from types import SimpleNamespace
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from longrun_common.events import dumps
 from longrun_common.tokens import StreamScope, TokenError, mint
+from longrun_hub.__main__ import RedactTokens, install_token_redaction
 from longrun_hub.auth import authorize, token_from
 from longrun_hub.frames import Event, parse_since, valid_job_id
 from longrun_hub.metrics import HubMetrics
@@ -81,6 +83,29 @@ def test_a_client_over_the_limit_is_closed_1013_and_released() -> None:
     assert len(conn.items) == 1
 
 
+def test_replayed_frames_are_never_coalesced_and_are_not_pressure() -> None:
+    """A replay the client asked for (since) arrives whole: its frames are neither replaced nor replacing,
+    and they do not push live frames into coalescing or the client over the limit (paging bounds them)."""
+    conn, a, b = connection(queue_size=2, queue_limit=4), watcher("a"), watcher("b")
+    for seq in range(1, 11):
+        conn.push_event(a, event(seq, job="a"), live=False, replay=True)
+    assert not conn.closing and [i.seq for i in conn.items] == list(range(1, 11))
+    assert conn.replay_queued == 10
+    conn.push_event(b, event(1, job="b"), live=True)
+    conn.push_event(b, event(2, job="b"), live=True)  # two live frames: now under pressure
+    conn.push_event(a, event(11, job="a"), live=True)  # a's newest queued frame is a replayed one: kept
+    conn.push_event(b, event(3, job="b"), live=True)  # coalesced into b's 2
+    assert [(i.job_id, i.seq, i.skipped) for i in conn.items][10:] == [("b", 1, 0), ("b", 3, 1), ("a", 11, 0)]
+    assert [i.seq for i in conn.items if i.replay] == list(range(1, 11))
+    assert not any("coalesced" in json.loads(i.text) for i in conn.items if i.replay)
+    conn.push_event(a, event(12, job="a"), live=True)  # merged into a's 11 (a live frame now)
+    assert conn.items[-1].seq == 12 and conn.items[-1].skipped == 1
+    conn.push_event(b, event(4, "status", "retrying", job="b"), live=True)  # 4 live frames: at the limit
+    assert not conn.closing  # 14 queued, but the 10 replayed ones do not count
+    conn.push_event(b, event(5, "status", "running", job="b"), live=True)
+    assert conn.closing and conn.replay_queued == 0
+
+
 def test_event_parse_rejects_garbage() -> None:
     assert Event.parse(b"not json") is None
     assert Event.parse(b'{"seq": 1}') is None
@@ -89,12 +114,13 @@ def test_event_parse_rejects_garbage() -> None:
     assert parsed.terminal and not parsed.is_progress
 
 
-@pytest.mark.parametrize(("raw", "expected"), [(None, None), ("", None), ("0", 0), (" 12 ", 12), (7, 7)])
+@pytest.mark.parametrize(("raw", "expected"), [(None, None), ("", None), ("0", 0), (" 12 ", 12), (7, 7),
+                                               (str(2**63 - 1), 2**63 - 1), (2**63 - 1, 2**63 - 1)])
 def test_parse_since(raw: object, expected: int | None) -> None:
     assert parse_since(raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["-1", "1.5", "x", -2, True, 1.0, [1]])
+@pytest.mark.parametrize("raw", ["-1", "1.5", "x", -2, True, 1.0, [1], str(2**63), 2**63, str(10**30), 2**64])
 def test_parse_since_rejects(raw: object) -> None:
     with pytest.raises(ValueError, match="since"):
         parse_since(raw)
@@ -119,3 +145,26 @@ def test_tokens() -> None:
         authorize("t" * 40, token, "j1")
     with pytest.raises(TokenError):
         authorize(secret, "", "j1")
+
+
+def test_stream_tokens_are_redacted_from_uvicorn_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """uvicorn logs WebSocket request lines with their query string: the token must never reach a log."""
+    token = mint("s" * 40, "dev", "j1", 60)[0]
+    record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, '%s - "WebSocket %s" [accepted]',
+                               ("127.0.0.1:5000", f"/v1/ws/jobs/j1?token={token}&since=3"), None)
+    assert RedactTokens().filter(record)
+    assert record.getMessage() == '127.0.0.1:5000 - "WebSocket /v1/ws/jobs/j1?token=[redacted]&since=3" [accepted]'
+    logger = logging.getLogger("uvicorn.error")
+    redactor = install_token_redaction()
+    try:
+        with caplog.at_level(logging.INFO, logger="uvicorn.error"), \
+                caplog.at_level(logging.INFO, logger="uvicorn.access"):
+            logger.info('%s - "WebSocket %s" 403', "127.0.0.1:5001", f"/v1/ws?token={token}")
+            logging.getLogger("uvicorn.access").info('%s - "GET %s HTTP/1.1" 200', "127.0.0.1:5002",
+                                                     f"/v1/jobs/j1/events?since=2&token={token}")
+    finally:
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi", ""):
+            logging.getLogger(name).removeFilter(redactor)
+    assert caplog.messages == ['127.0.0.1:5001 - "WebSocket /v1/ws?token=[redacted]" 403',
+                               '127.0.0.1:5002 - "GET /v1/jobs/j1/events?since=2&token=[redacted] HTTP/1.1" 200']
+    assert token not in caplog.text

@@ -62,6 +62,33 @@ async def test_since_equal_to_current_seq_sends_only_new_events(hub: SharedHub) 
     assert_gap_free(received.seqs, seq + 1, seq + 1)
 
 
+async def test_resume_replays_the_whole_history_without_coalescing(hub: SharedHub) -> None:
+    """since=0 on a job with more history than a client's queue (64 frames): every event, none coalesced
+    (a fast client must get N+1… whole, not the newest of a burst)."""
+    jobs = hub.jobs
+    job = await jobs.create()
+    for i in range(1, 150):
+        await jobs.progress(job, i, total=150)  # seq 2..150
+    final = await jobs.finish(job)
+    async with websockets.connect(ws_url(hub.url, f"/v1/ws/jobs/{job}", token=jobs.token(job), since=0)) as ws:
+        received = await read_until_closed(ws)
+    assert_gap_free(received.seqs, 1, final)
+    assert not any("coalesced" in f for f in received.frames) and received.code == 1000
+
+
+async def test_stream_tokens_never_reach_the_log(hub: SharedHub) -> None:
+    """uvicorn logs each WebSocket request line ("WebSocket /v1/ws/jobs/…?token=…" [accepted])."""
+    jobs = hub.jobs
+    job = await jobs.create()
+    token = jobs.token(job)
+    async with websockets.connect(ws_url(hub.url, f"/v1/ws/jobs/{job}", token=token)) as ws:
+        assert json.loads(await ws.recv())["type"] == "snapshot"
+    await close_of(ws_url(hub.url, "/v1/ws", token=token + "x"))  # a rejected one is logged too
+    logs = hub.service.logs()
+    assert f"/v1/ws/jobs/{job}?token=[redacted]" in logs
+    assert token not in logs and token.split(".")[2] not in logs
+
+
 async def test_since_older_than_the_stream_gets_a_snapshot_first(hub: SharedHub) -> None:
     jobs = hub.jobs
     job = await jobs.create()
@@ -115,18 +142,21 @@ async def test_close_codes(hub: SharedHub) -> None:
     assert (await close_of(ws_url(hub.url, path, token=forged)))[0] == 4401
     code, reason = await close_of(ws_url(hub.url, path, token=jobs.token(job, ttl=-60)))
     assert code == 4401 and "expired" in reason
-    # 4403: a token for another job, a tenant token of another tenant, a job of another tenant
+    # 4403: a token for another job
     assert (await close_of(ws_url(hub.url, path, token=jobs.token(other))))[0] == 4403
-    assert (await close_of(ws_url(hub.url, path, token=jobs.token(None, tenant="acme"))))[0] == 4403
-    assert (await close_of(ws_url(hub.url, f"/v1/ws/jobs/{foreign}", token=jobs.token(None))))[0] == 4403
-    assert (await close_of(ws_url(hub.url, f"/v1/ws/jobs/{foreign}", token=jobs.token(foreign))))[0] == 4403
-    # 4404: unknown job, and ids that could never be one
+    # 4404: unknown job, ids that could never be one, and another tenant's job (whether it exists is not
+    # revealed: the same answer as for a missing job)
     assert (await close_of(ws_url(hub.url, "/v1/ws/jobs/nope", token=jobs.token(None))))[0] == 4404
     assert (await close_of(ws_url(hub.url, "/v1/ws/jobs/a:b", token=jobs.token(None))))[0] == 4404
-    # 1008: a bad since
-    for bad in ("-1", "abc", "1.5"):
+    assert (await close_of(ws_url(hub.url, path, token=jobs.token(None, tenant="acme"))))[0] == 4404
+    assert (await close_of(ws_url(hub.url, f"/v1/ws/jobs/{foreign}", token=jobs.token(None))))[0] == 4404
+    assert (await close_of(ws_url(hub.url, f"/v1/ws/jobs/{foreign}", token=jobs.token(foreign))))[0] == 4404
+    # 1008: a bad since (also one no seq can reach: not "Redis unavailable", which clients retry forever)
+    for bad in ("-1", "abc", "1.5", str(2**63), str(10**30)):
         code, reason = await close_of(ws_url(hub.url, path, token=jobs.token(job), since=bad))
         assert code == 1008 and "since" in reason
+    async with websockets.connect(ws_url(hub.url, path, token=jobs.token(job), since=2**63 - 1)) as ws:
+        assert json.loads(await ws.recv())["type"] == "snapshot"  # beyond the current seq: a snapshot
     # The tenant token opens the tenant's job, also as an Authorization header.
     async with websockets.connect(ws_url(hub.url, path),
                                   additional_headers={"Authorization": f"Bearer {jobs.token(None)}"}) as ws:
@@ -148,7 +178,7 @@ async def test_multiplexed_socket(hub: SharedHub) -> None:
         assert [(f["job_id"], f["type"], f.get("seq")) for f in got[:3]] == [
             (a, "progress", 3), (a, "progress", 4), (b, "snapshot", 1)]
         assert {(f["job_id"], f["type"], f["code"]) for f in got[3:]} == {
-            (foreign, "error", 4403), ("missing", "error", 4404)}
+            (foreign, "error", 4404), ("missing", "error", 4404)}
         await jobs.progress(b, 1)
         frame = json.loads(await ws.recv())
         assert (frame["job_id"], frame["seq"]) == (b, 2)
@@ -164,6 +194,9 @@ async def test_multiplexed_socket(hub: SharedHub) -> None:
         await ws.send(json.dumps({"op": "subscribe", "job_id": b, "since": 3}))
         frame = json.loads(await ws.recv())
         assert (frame["job_id"], frame["seq"]) == (b, 4)
+        # Resuming a job that had ended exactly there: an end frame (the client would otherwise wait forever).
+        await ws.send(json.dumps({"op": "subscribe", "job_id": a, "since": 6}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"type": "end", "job_id": a, "seq": 6}
 
 
 @pytest.mark.parametrize(
@@ -176,6 +209,7 @@ async def test_multiplexed_socket(hub: SharedHub) -> None:
         ('{"op": "subscribe"}', "job_id"),
         ('{"op": "subscribe", "job_id": "x", "since": -3}', "since"),
         ('{"op": "subscribe", "job_id": "x", "since": "soon"}', "since"),
+        (json.dumps({"op": "subscribe", "job_id": "x", "since": 2**63}), "since"),
     ],
 )
 async def test_multiplexed_bad_frames_close_1008(hub: SharedHub, frame: str | bytes,

@@ -2,11 +2,16 @@
 
 On SIGTERM the hub first stops accepting, tells every client where to resume (reconnect frame, close 1012)
 and gives them `hub_shutdown_grace` to leave; only then does uvicorn close what is left.
+
+Stream tokens travel in the query string (browsers cannot set headers on WebSocket / EventSource), and
+uvicorn logs request lines with it ("WebSocket /v1/ws/jobs/…?token=…" [accepted]): every log handler gets a
+filter that replaces `token=` values before anything is written.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import socket
 
 import uvicorn
@@ -14,6 +19,42 @@ import uvicorn
 from longrun_common.settings import Settings
 
 from .app import create_app
+
+TOKEN = re.compile(r"((?:^|[?&;\s\"'])(?:access_)?token=)[^&\s\"';]+", re.IGNORECASE)
+REDACTED = "[redacted]"
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+
+
+def redact(text: str) -> str:
+    """`text` with every `token=` value replaced."""
+    return TOKEN.sub(r"\1" + REDACTED, text)
+
+
+class RedactTokens(logging.Filter):
+    """Rewrites a record whose message contains a `token=` value (the args are folded into the message)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a malformed record: leave it to the formatter to report
+            return True
+        if "token=" in message.lower():
+            record.msg, record.args = redact(message), None
+        return True
+
+
+def install_token_redaction() -> RedactTokens:
+    """Add the filter to uvicorn's loggers and to every handler they or the root logger write to (a filter on
+    a handler also sees records propagated from child loggers). Call after uvicorn configured logging."""
+    redactor = RedactTokens()
+    loggers = [logging.getLogger(name) for name in UVICORN_LOGGERS] + [logging.getLogger()]
+    for logger in loggers:
+        if redactor not in logger.filters:
+            logger.addFilter(redactor)
+        for handler in logger.handlers:
+            if not any(isinstance(f, RedactTokens) for f in handler.filters):
+                handler.addFilter(redactor)
+    return redactor
 
 
 class HubServer(uvicorn.Server):
@@ -46,6 +87,7 @@ def main() -> None:
         backlog=4096,
         timeout_graceful_shutdown=max(1, int(settings.hub_shutdown_grace) + 1),
     )
+    install_token_redaction()  # uvicorn.Config has configured its loggers by now
     HubServer(config).run()
 
 

@@ -96,10 +96,6 @@ class RedisFeed:
         """The current confirmation future of a wanted job."""
         return self._wanted.get(job_id)
 
-    @property
-    def channel_count(self) -> int:
-        return len(self._subscribed)
-
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._listen(), name="hub-feed-listener"),
                        asyncio.create_task(self._write(), name="hub-feed-writer")]

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from longrun_common.events import dumps
+from longrun_common.states import TERMINAL
 from longrun_common.views import snapshot_job
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+MAX_SEQ = 2**63 - 1  # seqs are signed 64-bit in Redis (HINCRBY); a `since` above it cannot name an event
 
 # Job ids are UUIDs; anything that could not be one never reaches a Redis key (":" would name another key).
 JOB_ID = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
@@ -66,6 +67,11 @@ def reconnect_frame(reason: str, since: int | dict[str, int]) -> str:
     return dumps({"type": "reconnect", "reason": reason, "since": since})
 
 
+def end_frame(job_id: str, seq: int) -> str:
+    """On the multiplexed socket: the job had already ended at the client's `since` (nothing more will come)."""
+    return dumps({"type": "end", "job_id": job_id, "seq": seq})
+
+
 def error_frame(job_id: str | None, code: int, message: str) -> str:
     """A per-job error on the multiplexed socket (the socket itself stays open)."""
     return dumps({"type": "error", "job_id": job_id, "code": code, "message": message})
@@ -85,4 +91,6 @@ def parse_since(value: object) -> int | None:
         raise ValueError(f"since must be a non-negative integer, got {value!r}")
     if seq < 0:
         raise ValueError(f"since must be a non-negative integer, got {value!r}")
+    if seq > MAX_SEQ:
+        raise ValueError(f"since must be at most {MAX_SEQ}, got {value!r}")
     return seq

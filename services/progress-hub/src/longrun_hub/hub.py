@@ -1,11 +1,20 @@
 """The hub: who watches which job, the gap-free seam, and repairs from the job's stream.
 
 Seam (per watcher): attach to the job's channel and wait until Redis confirmed the subscription; only then
-read the snapshot (and, for `since=N`, the stream after N) in one MULTI, so the two agree; queue a snapshot
-or the replay; then deliver buffered and later live events with seq > last. Any event that is not exactly
-`last + 1` is a gap: the channel buffers live events, re-reads the stream after the lowest `last` of its
-watchers, and hands every watcher what it misses (a watcher whose events were trimmed gets a fresh snapshot).
-After the pub/sub connection comes back every watched channel is repaired the same way.
+read the snapshot (and, for `since=N`, the first page of the stream after N) in one MULTI, so the two agree;
+queue a snapshot, or start the replay; then deliver buffered and later live events with seq > last.
+
+A replay the client asked for (`since`) is paged: one page (`Limits.replay_page` events, `XRANGE … COUNT`)
+at a time, read again by the connection's sender whenever its queue runs short, so a fast client gets all of
+it and a slow one never has more than about a page of it queued. Replayed frames are never coalesced; live
+events that arrive meanwhile wait in the watcher's buffer until the replay has caught up with them.
+
+Any live event that is not exactly `last + 1` is a gap: the channel buffers live events, re-reads the stream
+after the lowest `last` of its watchers, and hands every watcher what it misses (a watcher whose events were
+trimmed gets a fresh snapshot). After the pub/sub connection comes back every watched channel is repaired the
+same way. If Redis lost its data the job's seq can go back: a live event older than what a watcher has but
+newer in time makes the channel re-read the hash, and a watcher ahead of the hash gets a fresh snapshot and
+continues from its seq.
 """
 
 from __future__ import annotations
@@ -23,10 +32,11 @@ from redis.exceptions import RedisError
 from longrun_common.keys import Keys
 from longrun_common.reader import decode_snapshot, stream_range
 from longrun_common.settings import Settings
+from longrun_common.states import TERMINAL
 from longrun_common.tokens import StreamScope
 
 from .feed import RedisFeed
-from .frames import TERMINAL, Event, snapshot_frame
+from .frames import Event, snapshot_frame
 from .metrics import HubMetrics
 from .outbox import Connection, Limits
 
@@ -39,23 +49,28 @@ REPAIR_BUFFER_MAX = 10_000  # live events held per channel while it repairs; old
 
 
 class Outcome(enum.Enum):
-    LIVE = "live"  # snapshot or replay queued; live events follow
+    LIVE = "live"  # snapshot or replay queued (or being paged); live events follow
     FINISHED = "finished"  # the job had ended and the client already has everything
-    NOT_FOUND = "not_found"
-    FORBIDDEN = "forbidden"
+    GONE = "gone"  # the connection let go of the job meanwhile (closing, too slow, left): nothing to answer
+    NOT_FOUND = "not_found"  # no such job, or another tenant's (never revealed)
+    FORBIDDEN = "forbidden"  # a job token for another job
     UNAVAILABLE = "unavailable"  # Redis did not answer in time
 
 
 class Watcher:
-    """One connection watching one job: the last seq queued for it, and its seam buffer until it goes live."""
+    """One connection watching one job: the last seq queued for it (and that event's ts), and its buffer of
+    live events until it goes live (during the seam and while a requested replay is paged)."""
 
-    __slots__ = ("buffer", "conn", "job_id", "last", "live")
+    __slots__ = ("buffer", "conn", "generation", "job_id", "last", "last_ts", "live", "replaying")
 
     def __init__(self, job_id: str, conn: Connection, since: int | None) -> None:
         self.job_id = job_id
         self.conn = conn
         self.last = since if since is not None else -1
+        self.last_ts: float | None = None  # ts of the event `last` (None: not known)
         self.live = False
+        self.replaying = False
+        self.generation = 0  # the feed's connection count when the seam read (a reconnect since: re-check)
         self.buffer: list[Event] | None = []
 
 
@@ -156,10 +171,10 @@ class Hub:
             ready = self.feed.add(job_id)
             async with asyncio.timeout(self.settings.hub_subscribe_timeout):
                 await asyncio.shield(ready)
-                generation = self.feed.connects
+                watcher.generation = self.feed.connects
                 if self.seam_hook is not None:
                     await self.seam_hook("subscribed", job_id)
-                snapshot, events = await self.read(job_id, since)
+                snapshot, events = await self.read(job_id, since, count=self.limits.replay_page)
                 if self.seam_hook is not None:
                     await self.seam_hook("read", job_id)
         except (TimeoutError, RedisError, OSError) as exc:
@@ -172,57 +187,135 @@ class Hub:
         if snapshot is None or "seq" not in snapshot or not snapshot.get("status"):
             self.release(watcher)
             return Outcome.NOT_FOUND
-        tenant = snapshot.get("tenant")
-        if not tenant or not scope.allows(str(tenant), job_id):
+        refused = self._refusal(snapshot, job_id, scope)
+        if refused is not None:
             self.release(watcher)
-            return Outcome.FORBIDDEN
+            return refused
         if watcher.conn.watchers.get(job_id) is not watcher:  # released meanwhile (client left, too slow)
-            return Outcome.FINISHED
-        outcome = self._start(watcher, snapshot, events, since)
-        channel = self.channels.get(job_id)
-        if watcher.live and channel is not None and self.feed.connects != generation:
-            self.request_repair(channel)  # the pub/sub connection was replaced while we read: re-check
-        return outcome
+            return Outcome.GONE
+        return self._start(watcher, snapshot, events, since)
+
+    @staticmethod
+    def _refusal(snapshot: dict[str, Any], job_id: str, scope: StreamScope) -> Outcome | None:
+        """Why this token may not watch the job (None: it may).
+
+        Another tenant's job is NOT_FOUND, exactly like a missing one (REST answers 404 too): the hub never
+        confirms that a job id exists elsewhere. FORBIDDEN is only a token for another job of the same tenant.
+        A hash without `tenant` was recreated by a worker's event after Redis lost its data, before the
+        reconciler restored it: only a job token naming exactly this job opens it (the gateway minted that
+        token after checking the job is the tenant's); a tenant token cannot prove ownership, so the job is
+        treated as not known yet (NOT_FOUND).
+        """
+        tenant = snapshot.get("tenant")
+        if not tenant:
+            return None if scope.job_id == job_id else Outcome.NOT_FOUND
+        if str(tenant) != scope.tenant:
+            return Outcome.NOT_FOUND
+        if scope.job_id is not None and scope.job_id != job_id:
+            return Outcome.FORBIDDEN
+        return None
 
     def _start(self, watcher: Watcher, snapshot: dict[str, Any], events: list[Event], since: int | None) -> Outcome:
-        """Queue the snapshot or the replay, then the buffered live events (synchronous: no event can slip by)."""
+        """Queue the snapshot or start the replay (synchronous: no event can slip by)."""
         conn, job_id = watcher.conn, watcher.job_id
         seq = int(snapshot["seq"])
         terminal = snapshot.get("status") in TERMINAL
-        resumable = since is not None and (
-            since == seq or (since < seq and bool(events) and events[0].seq == since + 1 and events[-1].seq == seq)
-        )
-        if not resumable:
-            conn.push_snapshot(watcher, seq, snapshot_frame(job_id, snapshot))
-            watcher.last = seq
+        if since is not None and since == seq:  # the client has everything so far
             if terminal:
-                self._finished(watcher)
-                return Outcome.LIVE
-        else:
-            if since == seq and terminal:
                 self.release(watcher)
                 return Outcome.FINISHED
-            for event in events:
-                self._offer(watcher, event, live=False)
-            if watcher.conn.watchers.get(job_id) is not watcher:
-                return Outcome.LIVE  # the replay ended with the terminal event
-        watcher.live = True
-        buffered, watcher.buffer = watcher.buffer or [], None
-        for event in buffered:
-            if not self._offer(watcher, event, live=True):
-                channel = self.channels.get(job_id)
-                if channel is not None:
-                    channel.buffer.extend(e for e in buffered if e.seq > watcher.last)
-                    self.request_repair(channel)
-                break
+            watcher.last_ts = _ts(snapshot)
+            self._go_live(watcher)
+            return Outcome.LIVE
+        resumable = (
+            since is not None and since < seq and bool(events) and events[0].seq == since + 1
+            and (len(events) >= self.limits.replay_page or events[-1].seq == seq)
+        )
+        if not resumable:  # no `since`, or the stream no longer holds what comes after it
+            self._push_snapshot(watcher, snapshot, seq)
+            if conn.watchers.get(job_id) is watcher:
+                self._go_live(watcher)
+            return Outcome.LIVE
+        watcher.replaying = True
+        if conn.replay_room():
+            self._replay(watcher, snapshot, events)
+        else:  # the queue is busy (other jobs' replays): the sender reads this page again when it has room
+            conn.add_replay(watcher)
         return Outcome.LIVE
 
-    async def read(self, job_id: str, after: int | None) -> tuple[dict[str, Any] | None, list[Event]]:
-        """Snapshot and (when `after` is given) the stream after it, in one MULTI so they agree."""
+    def _push_snapshot(self, watcher: Watcher, snapshot: dict[str, Any], seq: int) -> None:
+        """A snapshot frame; the watcher continues after its seq (and is done if the job has ended)."""
+        watcher.conn.push_snapshot(watcher, seq, snapshot_frame(watcher.job_id, snapshot))
+        watcher.last = seq
+        watcher.last_ts = _ts(snapshot)
+        if snapshot.get("status") in TERMINAL:
+            self._finished(watcher)
+
+    def _replay(self, watcher: Watcher, snapshot: dict[str, Any] | None, events: list[Event]) -> None:
+        """Queue one page of a requested replay (never coalesced); go live once it has caught up."""
+        seq = int(snapshot["seq"]) if snapshot is not None and "seq" in snapshot else None
+        if (events and events[0].seq != watcher.last + 1) or (seq is not None and (
+                seq < watcher.last or (not events and seq > watcher.last))):
+            # What comes next is no longer in the stream (trimmed meanwhile, or Redis lost it): a snapshot.
+            if seq is not None and snapshot is not None:
+                self._push_snapshot(watcher, snapshot, seq)
+            if watcher.conn.watchers.get(watcher.job_id) is watcher:
+                self._go_live(watcher)
+            return
+        complete = len(events) < self.limits.replay_page  # the page reached the end of the stream
+        for event in events:
+            if not self._offer(watcher, event, live=False, replay=True):
+                complete = True  # a hole in the stream itself: go live, the repair deals with it
+                break
+            if not watcher.replaying:
+                return  # the replay ended with the terminal event
+        buffered = watcher.buffer
+        if complete or (buffered and buffered[0].seq <= watcher.last + 1):
+            self._go_live(watcher)  # the stream is read to its end, or live events continue from here
+        else:
+            watcher.conn.add_replay(watcher)
+
+    async def replay_more(self, conn: Connection) -> None:
+        """Read and queue the next page of one replay (called by the connection's sender when it has room)."""
+        watcher = conn.replays.popleft()
+        if conn.watchers.get(watcher.job_id) is not watcher or not watcher.replaying:
+            return  # released or live meanwhile
+        try:
+            async with asyncio.timeout(self.settings.hub_subscribe_timeout):
+                snapshot, events = await self.read(watcher.job_id, watcher.last, count=self.limits.replay_page)
+        except (TimeoutError, RedisError, OSError) as exc:
+            if conn.watchers.get(watcher.job_id) is watcher:
+                log.warning("cannot continue the replay of %s: %s", watcher.job_id, exc or type(exc).__name__)
+                conn.replay_failed(watcher)
+            return
+        if conn.watchers.get(watcher.job_id) is watcher and watcher.replaying:
+            self._replay(watcher, snapshot, events)
+
+    def _go_live(self, watcher: Watcher) -> None:
+        """Deliver the buffered live events after `last`; from now on live events go straight to the queue."""
+        watcher.replaying = False
+        watcher.live = True
+        buffered, watcher.buffer = watcher.buffer or [], None
+        channel = self.channels.get(watcher.job_id)
+        for index, event in enumerate(buffered):
+            if not self._offer(watcher, event, live=True):
+                if channel is not None:
+                    channel.buffer.extend(e for e in buffered[index:] if e.seq > watcher.last)
+                    self.request_repair(channel)
+                return
+            if not watcher.live:
+                return  # that was the terminal event
+        if watcher.live and channel is not None and self.feed.connects != watcher.generation:
+            self.request_repair(channel)  # the pub/sub connection was replaced meanwhile: re-check
+
+    async def read(self, job_id: str, after: int | None,
+                   count: int | None = None) -> tuple[dict[str, Any] | None, list[Event]]:
+        """Snapshot and (when `after` is given) the stream after it (at most `count` events), in one MULTI
+        so they agree."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(self.keys.job(job_id))
             if after is not None:
-                pipe.xrange(self.keys.stream(job_id), min=stream_range(after))
+                pipe.xrange(self.keys.stream(job_id), min=stream_range(after), count=count)
             result = await pipe.execute()
         snapshot = decode_snapshot(result[0])
         events: list[Event] = []
@@ -249,6 +342,7 @@ class Hub:
         if conn.watchers.get(watcher.job_id) is watcher:
             del conn.watchers[watcher.job_id]
         watcher.live = False
+        watcher.replaying = False
         watcher.buffer = None
         channel = self.channels.get(watcher.job_id)
         if channel is None or watcher not in channel.watchers:
@@ -277,30 +371,54 @@ class Hub:
         if channel.repairing:
             self._hold(channel, event)
             return
-        gap = False
-        for watcher in tuple(channel.watchers):
-            if watcher.live:
-                if not self._offer(watcher, event, live=True):
-                    gap = True
-            elif watcher.buffer is not None:
-                watcher.buffer.append(event)
+        gap, suspect = self._fan_out(channel, event)
         if gap:
             self._hold(channel, event)
             self.request_repair(channel)
+        elif suspect:
+            self.request_repair(channel, count=False)
 
-    def _offer(self, watcher: Watcher, event: Event, live: bool) -> bool:
+    def _fan_out(self, channel: Channel, event: Event) -> tuple[bool, bool]:
+        """Offer a live event to every watcher (those not live yet buffer it): (a gap, a possible reset).
+
+        An event at or below a watcher's `last` is normally a repeat (the seam or a repair read it first);
+        one that is newer in time than the watcher's last event means the job's seq went back, so the
+        channel re-reads the hash (see `_catch_up`)."""
+        gap = suspect = False
+        for watcher in tuple(channel.watchers):
+            if watcher.live:
+                if event.seq <= watcher.last:
+                    if watcher.last_ts is not None and event.ts > watcher.last_ts:
+                        suspect = True
+                elif not self._offer(watcher, event, live=True):
+                    gap = True
+            elif watcher.buffer is not None:
+                self._buffer(watcher, event)
+        return gap, suspect
+
+    def _offer(self, watcher: Watcher, event: Event, live: bool, replay: bool = False) -> bool:
         """Queue `event` if it is the watcher's next seq; False on a gap (nothing queued)."""
         if event.seq <= watcher.last:
             return True
         if event.seq != watcher.last + 1:
             return False
         watcher.last = event.seq
-        watcher.conn.push_event(watcher, event, live)
+        watcher.last_ts = event.ts
+        watcher.conn.push_event(watcher, event, live, replay)
         if not live:
             self.metrics.replayed.inc()
         if event.terminal:
             self._finished(watcher)
         return True
+
+    @staticmethod
+    def _buffer(watcher: Watcher, event: Event) -> None:
+        """Keep a live event for a watcher that is not live yet; the oldest go first (they are re-read)."""
+        buffer = watcher.buffer
+        if buffer is not None:
+            buffer.append(event)
+            if len(buffer) > REPAIR_BUFFER_MAX:
+                del buffer[: len(buffer) - REPAIR_BUFFER_MAX]
 
     def _finished(self, watcher: Watcher) -> None:
         self.release(watcher)
@@ -360,48 +478,68 @@ class Hub:
             # Anything still held belongs to watchers that are gone or already past it.
             channel.buffer = []
 
-    async def _read_for(self, channel: Channel) -> tuple[dict[str, Any] | None, list[Event]] | None:
+    async def _read_for(self, channel: Channel) -> tuple[int, tuple[dict[str, Any] | None, list[Event]]] | None:
         live = [w.last for w in channel.watchers if w.live]
         if not live:
             return None
-        return await self.read(channel.job_id, min(live))
+        after = min(live)
+        return after, await self.read(channel.job_id, after)
 
-    def _catch_up(self, channel: Channel, read: tuple[dict[str, Any] | None, list[Event]] | None) -> bool:
+    def _catch_up(self, channel: Channel,
+                  read: tuple[int, tuple[dict[str, Any] | None, list[Event]]] | None) -> bool:
         """Hand each watcher what it misses, then the held live events. False when a gap remains."""
         if read is not None:
-            snapshot, events = read
+            after, (snapshot, events) = read
             first = events[0].seq if events else None
+            seq = int(snapshot["seq"]) if snapshot is not None and "seq" in snapshot else None
             for watcher in tuple(channel.watchers):
                 if not watcher.live:
                     continue
-                if snapshot is not None and "seq" in snapshot:
-                    seq = int(snapshot["seq"])
+                if watcher.last < after:  # went live after this read was planned: read again for it
+                    channel.recheck = True
+                    continue
+                if seq is not None and snapshot is not None:
                     trimmed = first is None or first > watcher.last + 1
-                    if watcher.last < seq and trimmed:  # the stream no longer has what it misses
-                        watcher.conn.push_snapshot(watcher, seq, snapshot_frame(channel.job_id, snapshot))
-                        watcher.last = seq
-                        if snapshot.get("status") in TERMINAL:
-                            self._finished(watcher)
+                    reset = self._went_back(watcher, snapshot, seq)
+                    if reset:
+                        log.warning("job %s went back from seq %d to %d (Redis lost its data?): sending a snapshot",
+                                    channel.job_id, watcher.last, seq)
+                        self.metrics.repair_reset.inc()
+                    if reset or (watcher.last < seq and trimmed):  # the stream no longer has what it misses
+                        self._push_snapshot(watcher, snapshot, seq)
+                        if watcher.conn.watchers.get(channel.job_id) is not watcher:
                             continue
+                        if reset:
+                            continue  # the events read belong to the old history
                 for event in events:
-                    if not self._offer(watcher, event, live=False):
+                    if not self._offer(watcher, event, live=False) or not watcher.live:
                         break
         held, channel.buffer = channel.buffer, []
         for index, event in enumerate(held):
-            gap = False
-            for watcher in tuple(channel.watchers):
-                if watcher.live:
-                    if not self._offer(watcher, event, live=True):
-                        gap = True
-                elif watcher.buffer is not None:
-                    watcher.buffer.append(event)
+            gap, suspect = self._fan_out(channel, event)
+            if suspect:
+                channel.recheck = True
             if gap:
                 channel.buffer = held[index:] + channel.buffer
                 return False
         return True
+
+    @staticmethod
+    def _went_back(watcher: Watcher, snapshot: dict[str, Any], seq: int) -> bool:
+        """True when the job's hash is behind what the watcher was sent: Redis lost the job and its seq
+        started again (lower, or equal but for another event)."""
+        if seq < watcher.last:
+            return True
+        ts = _ts(snapshot)
+        return seq == watcher.last and watcher.last_ts is not None and ts is not None and ts != watcher.last_ts
 
     async def ping_redis(self) -> bool:
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(2):
                 return bool(await self.redis.ping())
         return False
+
+
+def _ts(snapshot: dict[str, Any]) -> float | None:
+    ts = snapshot.get("ts")
+    return ts if isinstance(ts, float) else None

@@ -59,3 +59,4 @@ class HubMetrics:
         self.lag_by = {t: self.lag.labels(t) for t in TRANSPORTS}
         self.repair_gap = self.repairs.labels("gap")
         self.repair_reconnect = self.repairs.labels("reconnect")
+        self.repair_reset = self.repairs.labels("reset")  # the job's seq went back (Redis lost its data)

@@ -9,6 +9,10 @@ connection awaits the socket. Backpressure, in order:
    status changes, snapshots and the terminal event are always queued, never replaced;
 3. at `hub_queue_limit` frames, or when one send waits longer than `hub_send_timeout`, the client is too
    slow: it is closed with 1013 and resumes with `since` (nothing it received is lost, nothing is resent).
+
+Frames of a replay the client asked for (`since`) are never coalesced, neither replaced nor replacing, and
+do not count as pressure: the sender pulls the replay page by page (`Hub.replay_more`) only while fewer than
+a page of frames is queued, so they stay bounded without closing a client that reads as fast as it can.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from longrun_common.settings import Settings
 
-from .frames import Event, reconnect_frame
+from .frames import Event, error_frame, reconnect_frame
 from .metrics import HubMetrics
 
 if TYPE_CHECKING:
@@ -33,9 +37,7 @@ log = logging.getLogger(__name__)
 PROGRESS, STATUS, SNAPSHOT, CONTROL = range(4)
 
 CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
-CLOSE_INTERNAL = 1011
 CLOSE_RESTART = 1012
 CLOSE_TRY_AGAIN = 1013
 CLOSE_UNAUTHORIZED = 4401
@@ -52,26 +54,28 @@ class Limits:
     queue_size: int
     queue_limit: int
     send_timeout: float
+    replay_page: int = 64  # events per XRANGE of a requested replay; the sender reads more below this many
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
         return cls(settings.hub_queue_size, max(settings.hub_queue_limit, settings.hub_queue_size + 1),
-                   settings.hub_send_timeout)
+                   settings.hub_send_timeout, max(16, min(256, settings.hub_queue_size)))
 
 
 class Item:
     """A queued frame. Event frames keep their Event so a coalesced one can be rewritten."""
 
-    __slots__ = ("close", "event", "job_id", "kind", "live", "seq", "skipped", "text")
+    __slots__ = ("close", "event", "job_id", "kind", "live", "replay", "seq", "skipped", "text")
 
     def __init__(self, kind: int, job_id: str, seq: int, text: str, event: Event | None = None,
-                 live: bool = False, close: tuple[int, str] | None = None) -> None:
+                 live: bool = False, close: tuple[int, str] | None = None, replay: bool = False) -> None:
         self.kind = kind
         self.job_id = job_id
         self.seq = seq
         self.text = text
         self.event = event
         self.live = live
+        self.replay = replay  # part of a replay the client asked for: never coalesced
         self.skipped = 0
         self.close = close
 
@@ -89,6 +93,8 @@ class Connection:
         self.items: deque[Item] = deque()
         self.tail: dict[str, Item] = {}  # job id -> its newest queued frame (the only one coalescing may touch)
         self.watchers: dict[str, Watcher] = {}
+        self.replays: deque[Watcher] = deque()  # watchers with more of their replay to read, in turn
+        self.replay_queued = 0  # replay frames in `items` (not pressure: bounded by paging)
         self.closing = False  # a close is queued: accept nothing more
         self.gone = False  # the peer left
         self._waiter: asyncio.Future[None] | None = None
@@ -96,26 +102,51 @@ class Connection:
 
     # --- producer side (synchronous; called by the listener, the seam and repairs) ------------------------
 
-    def push_event(self, watcher: Watcher, event: Event, live: bool) -> None:
-        """Queue one event for a watcher (already checked to be its next seq)."""
+    def push_event(self, watcher: Watcher, event: Event, live: bool, replay: bool = False) -> None:
+        """Queue one event for a watcher (already checked to be its next seq). `replay`: part of a replay the
+        client asked for, which is never coalesced (and is bounded by the paging, not by the queue limits)."""
         if self.closing:
             return
         items = self.items
-        if len(items) >= self.limits.queue_size and event.is_progress:
-            last = self.tail.get(watcher.job_id)
-            if last is not None and last.kind == PROGRESS and last.event is not None:
-                skipped = last.skipped + 1
-                last.seq, last.event, last.live, last.skipped = event.seq, event, live, skipped
-                last.text = event.coalesced_text(skipped)
-                self.metrics.coalesced.inc()
+        if not replay:
+            pressure = len(items) - self.replay_queued
+            if pressure >= self.limits.queue_size and event.is_progress:
+                last = self.tail.get(watcher.job_id)
+                if last is not None and last.kind == PROGRESS and not last.replay and last.event is not None:
+                    skipped = last.skipped + 1
+                    last.seq, last.event, last.live, last.skipped = event.seq, event, live, skipped
+                    last.text = event.coalesced_text(skipped)
+                    self.metrics.coalesced.inc()
+                    return
+            if pressure >= self.limits.queue_limit:
+                self.too_slow()
                 return
-        if len(items) >= self.limits.queue_limit:
-            self.too_slow()
-            return
-        item = Item(PROGRESS if event.is_progress else STATUS, watcher.job_id, event.seq, event.text, event, live)
+        item = Item(PROGRESS if event.is_progress else STATUS, watcher.job_id, event.seq, event.text, event, live,
+                    replay=replay)
         items.append(item)
+        if replay:
+            self.replay_queued += 1
         self.tail[watcher.job_id] = item
         self._wake()
+
+    def replay_room(self) -> bool:
+        """True when another page of a replay may be queued now."""
+        return len(self.items) < self.limits.replay_page
+
+    def add_replay(self, watcher: Watcher) -> None:
+        """The watcher's replay continues: the sender reads its next page when the queue has room."""
+        self.replays.append(watcher)
+        self._wake()
+
+    def replay_failed(self, watcher: Watcher) -> None:
+        """Redis did not answer for the next page: the client resumes (everything queued is still sent)."""
+        if self.multiplexed:
+            self.hub.release(watcher)
+            self.push_control(error_frame(watcher.job_id, CLOSE_TRY_AGAIN, "Redis unavailable; subscribe again"),
+                              job_id=watcher.job_id)
+        else:
+            self.close(CLOSE_TRY_AGAIN, "Redis unavailable; reconnect with since")
+            self.hub.release_all(self)
 
     def push_snapshot(self, watcher: Watcher, seq: int, text: str) -> None:
         if self.closing:
@@ -146,6 +177,8 @@ class Connection:
         self.metrics.slow_clients.inc()
         self.items.clear()
         self.tail.clear()
+        self.replays.clear()
+        self.replay_queued = 0
         self.push_control(None, (CLOSE_TRY_AGAIN, "client too slow; reconnect with since"))
         self.hub.release_all(self)
 
@@ -196,17 +229,21 @@ class Connection:
         items = self.items
         try:
             while True:
-                while not items:
-                    if self.gone:
-                        return
+                if self.gone:
+                    return
+                if self.replays and not self.closing and self.replay_room():
+                    await self.hub.replay_more(self)  # the next page of a replay, while the queue is short
+                    continue
+                if not items:
                     self._waiter = loop.create_future()
                     try:
                         await self._waiter
                     finally:
                         self._waiter = None
-                if self.gone:
-                    return
+                    continue
                 item = items.popleft()
+                if item.replay:
+                    self.replay_queued -= 1
                 if self.tail.get(item.job_id) is item:
                     del self.tail[item.job_id]
                 try:

@@ -4,6 +4,10 @@ Every frame is a `data:` line with the same JSON as on the WebSocket (so `EventS
 them); event and snapshot frames carry `id: <seq>`, so a browser's automatic reconnect sends `Last-Event-ID`
 and resumes without gaps. The response ends after the terminal event; a resume of a finished job gets 204,
 which tells EventSource to stop reconnecting. Keepalive is an SSE comment every `hub_ping_interval`.
+
+SSE streams are not rotated at `hub_max_connection_seconds` (only a shutdown sends the reconnect hint):
+EventSource reconnects to the same URL, with the same token, and the token's lifetime equals that maximum, so
+a rotation would regularly end in a 401 that EventSource does not retry.
 """
 
 from __future__ import annotations
@@ -99,11 +103,8 @@ class EventStream(Response):
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             await send({"type": "http.response.body", "body": b"retry: 1000\n\n", "more_body": True})
-            lifetime = hub.settings.hub_max_connection_seconds
-            conn.start_lifetime(lifetime * random.uniform(0.9, 1.1))
             await conn.run()  # ends the body when it sends the close (terminal event, reconnect, too slow)
         finally:
-            conn.stop_lifetime()
             for task in (watch_disconnect, pinger):
                 if task is not None:
                     task.cancel()
@@ -148,7 +149,7 @@ async def job_events(request: Request) -> Response:
     except BaseException:
         hub.remove_connection(conn)
         raise
-    if outcome is Outcome.LIVE:
+    if outcome is Outcome.LIVE or outcome is Outcome.GONE:  # GONE: sends what is queued (a hint), then ends
         return EventStream(conn)
     hub.remove_connection(conn)
     if outcome is Outcome.FINISHED:

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 from starlette.types import Receive, Scope, Send
 
 from .auth import StreamScope, TokenError, authorize, token_from
-from .frames import error_frame, parse_since, valid_job_id
+from .frames import end_frame, error_frame, parse_since, valid_job_id
 from .hub import Hub, Outcome
 from .outbox import (
     CLOSE_FORBIDDEN,
@@ -132,6 +132,8 @@ class JobSocket(_Socket):
             conn.close(CLOSE_NOT_FOUND, "unknown job")
             return False
         outcome = await conn.hub.watch(conn, job_id, since, token_scope)
+        if outcome is Outcome.GONE:  # already closing (too slow, shutdown) or the client left
+            return False
         if outcome is not Outcome.LIVE:
             conn.close(*CLOSES[outcome])
             return False
@@ -206,6 +208,8 @@ class MuxSocket(_Socket):
         outcome = await hub.watch(conn, job_id, since, token_scope)
         if outcome in MUX_ERRORS:
             conn.push_control(error_frame(job_id, *MUX_ERRORS[outcome]), job_id=job_id)
+        elif outcome is Outcome.FINISHED and since is not None:  # it had ended at `since`: nothing else comes
+            conn.push_control(end_frame(job_id, since), job_id=job_id)
         return None
 
 

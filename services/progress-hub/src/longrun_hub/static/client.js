@@ -16,7 +16,8 @@
 // The client remembers the last seq per job. After any disconnect it reconnects with capped, jittered
 // exponential backoff and resumes with `since`, so nothing is missed and nothing repeats; a `reconnect`
 // frame (close 1012: hub restarting or connection lifetime reached) resumes at once. 4401 asks `token` again
-// when it is a function; 4403 / 4404 / 1008 stop with onError. Close 1000 after the terminal event ends it.
+// when it is a function; 4403 / 4404 / 1008 stop with onError. Close 1000 after the terminal event ends it;
+// on the multiplexed socket an `end` frame (the job had already ended at `since`) ends that job.
 
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const FATAL = new Map([
@@ -63,6 +64,10 @@ class JobState {
   }
 
   accept(frame, handlers) {
+    if (frame.type === "end") { // nothing more will come: the job had ended at the seq we resumed from
+      this.finish(frame, handlers);
+      return;
+    }
     if (frame.type === "snapshot") {
       this.last = frame.seq;
       call(handlers.onSnapshot, frame.job, frame);
@@ -103,10 +108,12 @@ export function watchJob(hubUrl, jobId, options = {}) {
     try {
       token = await resolveToken(options.token);
     } catch (err) {
+      if (stopped || state.done) return;
       call(options.onError, err);
       schedule(delays.next());
       return;
     }
+    if (stopped || state.done) return; // closed while the token was being fetched
     const params = new URLSearchParams({ token });
     if (state.last !== null) params.set("since", String(state.last));
     const ws = new WebSocket(`${wsBase(hubUrl)}/v1/ws/jobs/${encodeURIComponent(jobId)}?${params}`);
@@ -181,10 +188,12 @@ export function connectHub(wsUrl, options = {}) {
     try {
       token = await resolveToken(options.token);
     } catch (err) {
+      if (stopped) return;
       call(options.onError, err);
       schedule(delays.next());
       return;
     }
+    if (stopped) return; // closed while the token was being fetched
     const ws = new WebSocket(`${url}?${new URLSearchParams({ token })}`);
     socket = ws;
     let hinted = false;
