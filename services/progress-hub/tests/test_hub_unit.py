@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from types import SimpleNamespace
@@ -15,7 +17,8 @@ from longrun_hub.__main__ import RedactTokens, install_token_redaction
 from longrun_hub.auth import authorize, token_from
 from longrun_hub.frames import Event, parse_since, valid_job_id
 from longrun_hub.metrics import HubMetrics
-from longrun_hub.outbox import CLOSE_TRY_AGAIN, CONTROL, Connection, Limits
+from longrun_hub.outbox import CLOSE_TRY_AGAIN, CONTROL, Connection, Item, Limits
+from longrun_hub.wsprotocol import Gate, Inbox
 
 pytestmark = pytest.mark.unit
 
@@ -168,3 +171,61 @@ def test_stream_tokens_are_redacted_from_uvicorn_logs(caplog: pytest.LogCaptureF
     assert caplog.messages == ['127.0.0.1:5001 - "WebSocket /v1/ws?token=[redacted]" 403',
                                '127.0.0.1:5002 - "GET /v1/jobs/j1/events?since=2&token=[redacted] HTTP/1.1" 200']
     assert token not in caplog.text
+
+
+async def test_inbox_and_gate_behave_like_the_asyncio_queue_and_event_they_replace() -> None:
+    inbox = Inbox()
+    getter = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    inbox.put_nowait(1)
+    inbox.put_nowait(2)
+    assert await getter == 1 and inbox.qsize() == 1 and await inbox.get() == 2 and inbox.empty()
+    first, second = asyncio.create_task(inbox.get()), asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    inbox.put_nowait(3)
+    first.cancel()  # woken, but cancelled before it ran: the item goes to the next getter
+    assert await second == 3
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    gate = Gate()
+    waiter = asyncio.create_task(gate.wait())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    gate.set()
+    assert await waiter is True and gate.is_set()
+    gate.clear()
+    waiter = asyncio.create_task(gate.wait())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiter
+    assert await asyncio.wait_for(asyncio.shield(_set_later(gate)), 1) is True
+
+
+async def _set_later(gate: Gate) -> bool:
+    asyncio.get_running_loop().call_soon(gate.set)
+    return await gate.wait()
+
+
+class StuckConnection(Connection):
+    """A socket that never takes a frame."""
+
+    async def send_item(self, item: Item) -> None:
+        await asyncio.Event().wait()
+
+    async def send_close(self, code: int, reason: str) -> None:
+        self.closed_with = code
+
+
+async def test_a_stuck_send_is_cancelled_by_the_sweep_and_closes_1013() -> None:
+    hub = FakeHub(limits=Limits(3, 6, 0.05), metrics=HubMetrics(), released=False)
+    conn = StuckConnection(hub)  # type: ignore[arg-type]
+    conn.push_event(watcher(), event(1), live=True)
+    sender = asyncio.create_task(conn.run())
+    await asyncio.sleep(0.01)
+    assert conn.send_started and not conn.send_stuck(asyncio.get_running_loop().time())  # not yet
+    await asyncio.sleep(0.06)
+    assert conn.send_stuck(asyncio.get_running_loop().time())
+    await asyncio.wait_for(sender, 1)  # ends normally: the sweep's cancel is not the task's
+    assert not sender.cancelled() and conn.closed_with == CLOSE_TRY_AGAIN and conn.closing and hub.released
+    assert conn.send_started == 0.0

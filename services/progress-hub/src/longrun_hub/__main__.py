@@ -19,6 +19,7 @@ import uvicorn
 from longrun_common.settings import Settings
 
 from .app import create_app
+from .wsprotocol import HubWebSocketProtocol
 
 TOKEN = re.compile(r"((?:^|[?&;\s\"'])(?:access_)?token=)[^&\s\"';]+", re.IGNORECASE)
 REDACTED = "[redacted]"
@@ -78,7 +79,8 @@ def main() -> None:
         create_app(settings),
         host=settings.bind_host,
         port=settings.hub_port,
-        ws="websockets-sansio",  # no task per socket; keepalive pings on timers
+        ws=HubWebSocketProtocol,  # uvicorn's "websockets-sansio" (no task per socket; keepalive pings on timers),
+        # lighter per idle socket
         ws_ping_interval=ping,
         ws_ping_timeout=settings.hub_ping_timeout if ping else None,
         ws_per_message_deflate=False,  # ~40 KB of zlib state per socket for frames of a few hundred bytes

@@ -13,6 +13,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 
 from longrun_common.settings import Settings
 
@@ -26,6 +27,39 @@ JS_HEADERS = {
     "Cache-Control": "public, max-age=300",
     "X-Content-Type-Options": "nosniff",
 }
+
+
+JOB_SOCKET_PREFIX = "/v1/ws/jobs/"
+
+
+class HubApp(Starlette):
+    """Starlette, except that the two WebSocket endpoints are dispatched by path before the router and the
+    middleware stack (CORS only concerns HTTP; error handling there only re-raises). Each idle socket then holds
+    one coroutine frame instead of one per middleware layer, and each frame sent goes straight to uvicorn.
+    Any other WebSocket path goes through Starlette as before (its router closes it)."""
+
+    job_socket: JobSocket
+    mux_socket: MuxSocket
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            path: str = scope["path"]
+            root_path: str = scope.get("root_path", "")
+            if root_path and path.startswith(root_path):  # as Starlette's router matches
+                path = path[len(root_path):]
+            if path == "/v1/ws":
+                scope["app"] = self
+                scope["path_params"] = {}
+                await self.mux_socket(scope, receive, send)
+                return
+            if path.startswith(JOB_SOCKET_PREFIX):
+                job_id = path[len(JOB_SOCKET_PREFIX):]
+                if job_id and "/" not in job_id:  # Starlette's `{job_id}` matches [^/]+
+                    scope["app"] = self
+                    scope["path_params"] = {"job_id": job_id}
+                    await self.job_socket(scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings, *, seam_hook: SeamHook | None = None) -> Starlette:
@@ -62,20 +96,22 @@ def create_app(settings: Settings, *, seam_hook: SeamHook | None = None) -> Star
     async def client_module(request: Request) -> Response:
         return Response(client_js, media_type="text/javascript; charset=utf-8", headers=JS_HEADERS)
 
+    job_socket, mux_socket = JobSocket(), MuxSocket()
     routes = [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
         Route("/v1/client.js", client_module),
         Route("/v1/jobs/{job_id}/events", job_events),
-        WebSocketRoute("/v1/ws/jobs/{job_id}", JobSocket()),
-        WebSocketRoute("/v1/ws", MuxSocket()),
+        WebSocketRoute("/v1/ws/jobs/{job_id}", job_socket),
+        WebSocketRoute("/v1/ws", mux_socket),
     ]
     middleware = [
         Middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET"],
                    allow_headers=["Authorization", "Last-Event-ID"], max_age=600),
     ]
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app = HubApp(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.job_socket, app.mux_socket = job_socket, mux_socket
     app.state.settings = settings
     app.state.metrics = metrics
     return app

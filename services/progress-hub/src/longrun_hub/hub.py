@@ -127,6 +127,21 @@ class Hub:
 
     async def start(self) -> None:
         await self.feed.start()
+        task = asyncio.get_running_loop().create_task(self.sweep())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def sweep(self) -> None:
+        """One periodic check for every connection instead of a timer per frame sent: a send that has waited
+        `hub_send_timeout` is cancelled and its client closed with 1013 (see `Connection.send_stuck`)."""
+        loop = asyncio.get_running_loop()
+        interval = max(0.05, min(1.0, self.limits.send_timeout / 8))
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for conn in list(self.connections):
+                if conn.send_started:
+                    conn.send_stuck(now)
 
     async def stop(self) -> None:
         self.accepting = False
@@ -277,7 +292,7 @@ class Hub:
 
     async def replay_more(self, conn: Connection) -> None:
         """Read and queue the next page of one replay (called by the connection's sender when it has room)."""
-        watcher = conn.replays.popleft()
+        watcher = conn.replays.pop(0)
         if conn.watchers.get(watcher.job_id) is not watcher or not watcher.replaying:
             return  # released or live meanwhile
         try:

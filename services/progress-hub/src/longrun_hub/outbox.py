@@ -86,6 +86,9 @@ class Connection:
     transport: ClassVar[str] = "ws"
     multiplexed: ClassVar[bool] = False
 
+    __slots__ = ("_lifetime", "_sender", "_stuck", "_waiter", "closing", "gone", "hub", "items", "limits",
+                 "metrics", "replay_queued", "replays", "send_started", "tail", "watchers")
+
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.limits: Limits = hub.limits
@@ -93,10 +96,13 @@ class Connection:
         self.items: deque[Item] = deque()
         self.tail: dict[str, Item] = {}  # job id -> its newest queued frame (the only one coalescing may touch)
         self.watchers: dict[str, Watcher] = {}
-        self.replays: deque[Watcher] = deque()  # watchers with more of their replay to read, in turn
+        self.replays: list[Watcher] = []  # watchers with more of their replay to read, in turn
         self.replay_queued = 0  # replay frames in `items` (not pressure: bounded by paging)
         self.closing = False  # a close is queued: accept nothing more
         self.gone = False  # the peer left
+        self.send_started = 0.0  # loop time the current send began (0: not sending); see `send_stuck`
+        self._stuck = False  # the hub's sweep cancelled a send that took longer than `send_timeout`
+        self._sender: asyncio.Task[None] | None = None  # the task running `run`
         self._waiter: asyncio.Future[None] | None = None
         self._lifetime: asyncio.TimerHandle | None = None
 
@@ -121,8 +127,13 @@ class Connection:
             if pressure >= self.limits.queue_limit:
                 self.too_slow()
                 return
-        item = Item(PROGRESS if event.is_progress else STATUS, watcher.job_id, event.seq, event.text, event, live,
-                    replay=replay)
+        kind = PROGRESS if event.is_progress else STATUS
+        waiter = self._waiter
+        if waiter is not None and not items and not waiter.done() and self.send_now(event.text):
+            # The sender is idle with nothing queued and the socket took the frame at once: no need to wake it.
+            self._count(kind, live, event)
+            return
+        item = Item(kind, watcher.job_id, event.seq, event.text, event, live, replay=replay)
         items.append(item)
         if replay:
             self.replay_queued += 1
@@ -226,6 +237,9 @@ class Connection:
     async def run(self) -> None:
         """Send queued frames until a close is sent, the client is too slow, or the peer leaves."""
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._sender = task
         items = self.items
         try:
             while True:
@@ -246,21 +260,43 @@ class Connection:
                     self.replay_queued -= 1
                 if self.tail.get(item.job_id) is item:
                     del self.tail[item.job_id]
+                # No timer per send: the hub's sweep (`Hub.sweep`) cancels a send stuck for `send_timeout`.
+                self.send_started = loop.time()
                 try:
-                    async with asyncio.timeout(self.limits.send_timeout):
-                        if item.text:
-                            await self.send_item(item)
-                        if item.close is not None:
-                            await self.send_close(*item.close)
-                            return
-                except TimeoutError:
+                    if item.text:
+                        await self.send_item(item)
+                    if item.close is not None:
+                        await self.send_close(*item.close)
+                        return
+                except asyncio.CancelledError:
+                    self.send_started = 0.0  # (before _final_close, which has its own deadline)
+                    if not self._stuck:
+                        raise
+                    self._stuck = False
+                    if task.uncancel() > 0:  # also cancelled by someone else: honour that
+                        raise
                     if item.close is None:
                         self.too_slow()
                         await self._final_close(items)
                     return
-                self._count(item)
+                finally:
+                    self.send_started = 0.0
+                self._count(item.kind, item.live, item.event)
         except Disconnected:
             self.gone = True
+        finally:
+            self._sender = None
+
+    def send_stuck(self, now: float) -> bool:
+        """Called by the hub's periodic sweep: cancel the current send if it has waited `send_timeout` (the
+        sender then closes the client with 1013, as if it timed out). True when it did."""
+        started = self.send_started
+        sender = self._sender
+        if not started or sender is None or self._stuck or now - started < self.limits.send_timeout:
+            return False
+        self._stuck = True
+        sender.cancel()
+        return True
 
     async def _final_close(self, items: deque[Item]) -> None:
         """Send the 1013 close queued by too_slow, if the socket takes it in time (a client that reads
@@ -275,17 +311,20 @@ class Connection:
                     pass
                 return
 
-    def _count(self, item: Item) -> None:
-        kind = item.kind
+    def _count(self, kind: int, live: bool, event: Event | None) -> None:
         metrics = self.metrics
         if kind in (PROGRESS, STATUS):
             metrics.delivered_by[self.transport].inc()
-            if item.live and item.event is not None:
-                metrics.lag_by[self.transport].observe(max(0.0, time.time() - item.event.ts))
+            if live and event is not None:
+                metrics.lag_by[self.transport].observe(max(0.0, time.time() - event.ts))
         elif kind == SNAPSHOT:
             metrics.snapshots_by[self.transport].inc()
 
     # --- transport-specific -----------------------------------------------------------------------------------
+
+    def send_now(self, text: str) -> bool:
+        """Send a frame synchronously if the transport can without waiting (then True); False: queue it."""
+        return False
 
     async def send_item(self, item: Item) -> None:
         raise NotImplementedError

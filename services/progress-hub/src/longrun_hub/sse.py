@@ -44,6 +44,7 @@ def error(status: int, message: str, details: Any = None) -> JSONResponse:
 
 
 class SseConnection(Connection):
+    __slots__ = ("_send",)
     transport = "sse"
 
     def __init__(self, hub: Hub) -> None:

@@ -32,6 +32,7 @@ from .outbox import (
     Disconnected,
     Item,
 )
+from .wsprotocol import HubWebSocketProtocol
 
 MUX_ERRORS = {
     Outcome.NOT_FOUND: (CLOSE_NOT_FOUND, "unknown job"),
@@ -47,11 +48,19 @@ CLOSES = {
 
 
 class WsConnection(Connection):
+    __slots__ = ("_protocol", "_send")
     transport = "ws"
 
     def __init__(self, hub: Hub, send: Send) -> None:
         super().__init__(hub)
         self._send = send
+        # Served by our uvicorn protocol (`python -m longrun_hub`): frames to an idle socket are written at once.
+        protocol = getattr(send, "__self__", None)
+        self._protocol = protocol if isinstance(protocol, HubWebSocketProtocol) else None
+
+    def send_now(self, text: str) -> bool:
+        protocol = self._protocol
+        return protocol is not None and protocol.send_text_now(text)
 
     async def send_item(self, item: Item) -> None:
         try:
@@ -67,6 +76,7 @@ class WsConnection(Connection):
 
 
 class MuxConnection(WsConnection):
+    __slots__ = ()
     transport = "mux"
     multiplexed = True
 
@@ -98,7 +108,9 @@ class _Socket:
         hub.add_connection(conn)
         reader = asyncio.get_running_loop().create_task(self.read(conn, receive, token_scope))
         try:
-            if await self.open(conn, query, job_id, token_scope):
+            opened = await self.open(conn, query, job_id, token_scope)
+            del query  # holds the token: not kept for the connection's lifetime
+            if opened:
                 lifetime = hub.settings.hub_max_connection_seconds
                 conn.start_lifetime(lifetime * random.uniform(0.9, 1.1))
             await conn.run()
