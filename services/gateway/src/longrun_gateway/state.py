@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import redis
 import redis.asyncio as aioredis
@@ -38,6 +38,11 @@ else:  # the clients are not generic at runtime
 # Fail fast when Redis is unreachable: a request should answer 503 (or fall back to SQL), not hang.
 CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = 10.0
+SOCKET_OPTIONS: dict[str, Any] = {
+    "socket_connect_timeout": CONNECT_TIMEOUT,
+    "socket_timeout": READ_TIMEOUT,
+    "socket_keepalive": True,
+}
 
 
 @dataclass
@@ -68,16 +73,12 @@ class Gateway:
         # redis-py's default of many backed-off retries holding a request for seconds while Redis is down.
         sync_redis: SyncRedis = redis.Redis.from_url(
             settings.redis_url,
-            socket_connect_timeout=CONNECT_TIMEOUT,
-            socket_timeout=READ_TIMEOUT,
-            socket_keepalive=True,
+            **SOCKET_OPTIONS,
             retry=SyncRetry(NoBackoff(), 1),
         )
         async_redis: AsyncRedis = aioredis.Redis.from_url(
             settings.redis_url,
-            socket_connect_timeout=CONNECT_TIMEOUT,
-            socket_timeout=READ_TIMEOUT,
-            socket_keepalive=True,
+            **SOCKET_OPTIONS,
             retry=AsyncRetry(NoBackoff(), 1),
         )
         # The listener's connection must surface a disconnect to us (no silent internal retries), so that
@@ -85,9 +86,7 @@ class Gateway:
         # check's); the socket timeout bounds only writes and the handshake of a (re)connect.
         listen_redis: AsyncRedis = aioredis.Redis.from_url(
             settings.redis_url,
-            socket_connect_timeout=CONNECT_TIMEOUT,
-            socket_timeout=READ_TIMEOUT,
-            socket_keepalive=True,
+            **SOCKET_OPTIONS,
             retry=AsyncRetry(NoBackoff(), 0),
         )
         celery = create_celery(settings, name="longrun-gateway")
