@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from celery import Celery, Task, signals
@@ -133,9 +134,7 @@ def _announce_presence(res: Resources, settings: Settings, hostname: str) -> thr
 
 def _drain_after(settings: Settings, app: Celery, hostname: str) -> None:
     """After the drain window, ask this worker's still-running jobs to checkpoint and go back to the queue."""
-    stop = threading.Event()
-    if stop.wait(settings.drain_seconds):
-        return
+    time.sleep(settings.drain_seconds)
     res = get_resources(settings, app)
     with Session(res.engine) as session:
         running = list(session.exec(select(Job).where(Job.status == JobStatus.RUNNING.value, Job.worker == hostname)))
