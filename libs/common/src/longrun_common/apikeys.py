@@ -25,6 +25,7 @@ from sqlmodel import Session, col, select
 
 from .models import ApiKey, utcnow
 from .settings import TENANT_NAME, Settings
+from .views import iso
 
 PREFIX = "lr"
 ID_LENGTH = 12
@@ -136,6 +137,25 @@ def status(key: _Lifetime, now: datetime | None = None) -> KeyStatus:
         grace_until = aware(key.grace_until)
         return KeyStatus.ROTATED if grace_until is not None and now < grace_until else KeyStatus.EXPIRED
     return KeyStatus.ACTIVE
+
+
+def public_view(row: ApiKey) -> dict[str, Any]:
+    """A key as the API and the command show it: never the key, never its hash."""
+    return {
+        "id": row.id,
+        "tenant": row.tenant,
+        "name": row.name,
+        "scopes": list(row.scopes),
+        "prefix": display_prefix(row.id),
+        "status": status(row).value,
+        "created_at": iso(row.created_at),
+        "created_by": row.created_by,
+        "last_used_at": iso(row.last_used_at),
+        "expires_at": iso(row.expires_at),
+        "revoked_at": iso(row.revoked_at),
+        "replaced_by": row.replaced_by,
+        "grace_until": iso(row.grace_until),
+    }
 
 
 # --- validation (the API validates first; the command line relies on these) --------------------------------

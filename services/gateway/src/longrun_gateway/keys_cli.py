@@ -15,11 +15,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from longrun_common.apikeys import DEFAULT_GRACE_SECONDS, ApiKeyStore, KeyConflict, KeyNotFound, Scope
+from longrun_common.apikeys import (
+    DEFAULT_GRACE_SECONDS,
+    ApiKeyStore,
+    KeyConflict,
+    KeyNotFound,
+    Scope,
+    public_view,
+)
 from longrun_common.db import create_db_engine, migrate
 from longrun_common.settings import Settings
-
-from .routes.admin_keys import key_view
 
 CREATED_BY = "cli"
 
@@ -80,22 +85,22 @@ def _run(store: ApiKeyStore, args: argparse.Namespace) -> int:
         row, key = store.create(
             args.tenant, args.name, args.scopes or [Scope.JOBS.value], expires_in=args.expires_in, created_by=CREATED_BY
         )
-        _print_key({**key_view(row), "key": key}, as_json)
+        _print_key({**public_view(row), "key": key}, as_json)
     elif args.command == "rotate":
         old, new, key = store.rotate(
             args.id, grace_seconds=args.grace, expires_in=args.expires_in, created_by=CREATED_BY
         )
-        _print_key({**key_view(new), "key": key, "replaces": key_view(old)}, as_json)
+        _print_key({**public_view(new), "key": key, "replaces": public_view(old)}, as_json)
         if not as_json:
-            print(f"the old key {old.id} keeps working until {key_view(old)['grace_until']}", file=sys.stderr)
+            print(f"the old key {old.id} keeps working until {public_view(old)['grace_until']}", file=sys.stderr)
     elif args.command == "revoke":
-        view = key_view(store.revoke(args.id))
+        view = public_view(store.revoke(args.id))
         if as_json:
             print(json.dumps(view))
         else:
             print(f"revoked {view['id']} ({view['tenant']}, {view['name']!r}) at {view['revoked_at']}")
     else:
-        views = [key_view(row) for row in store.list_keys(args.tenant)]
+        views = [public_view(row) for row in store.list_keys(args.tenant)]
         if as_json:
             print(json.dumps({"items": views}))
         else:

@@ -24,11 +24,9 @@ from longrun_common.apikeys import (
     ApiKeyStore,
     KeyConflict,
     KeyNotFound,
-    display_prefix,
-    status,
+    public_view,
 )
 from longrun_common.models import ApiKey
-from longrun_common.views import iso
 
 from ..deps import TEXT_PATTERN, AdminDep, GatewayDep, SessionDep, json_body
 from ..errors import ApiError, not_found
@@ -138,25 +136,6 @@ CreateKeyDep = Annotated[CreateKey, Depends(json_body(CreateKey))]
 RotateKeyDep = Annotated[RotateKey, Depends(json_body(RotateKey, allow_empty=True))]
 
 
-def key_view(row: ApiKey) -> dict[str, Any]:
-    """The public form of a key row."""
-    return {
-        "id": row.id,
-        "tenant": row.tenant,
-        "name": row.name,
-        "scopes": list(row.scopes),
-        "prefix": display_prefix(row.id),
-        "status": status(row).value,
-        "created_at": iso(row.created_at),
-        "created_by": row.created_by,
-        "last_used_at": iso(row.last_used_at),
-        "expires_at": iso(row.expires_at),
-        "revoked_at": iso(row.revoked_at),
-        "replaced_by": row.replaced_by,
-        "grace_until": iso(row.grace_until),
-    }
-
-
 def _store(gateway: GatewayDep) -> ApiKeyStore:
     return gateway.auth.store
 
@@ -184,7 +163,7 @@ def create_key(admin: AdminDep, gateway: GatewayDep, body: CreateKeyDep) -> JSON
         admin.tenant, body.name, body.scopes, expires_in=body.expires_in, created_by=admin.key_id
     )
     location = {"Location": f"{router.prefix}/{row.id}"}
-    return JSONResponse({**key_view(row), "key": key}, status_code=201, headers=location)
+    return JSONResponse({**public_view(row), "key": key}, status_code=201, headers=location)
 
 
 @router.get("", response_model=KeyPage, responses=_errors(401, 403, 422, 503))
@@ -197,14 +176,15 @@ def list_keys(
     """The tenant's keys (revoked and expired ones too, with their status), newest first."""
     statement = select(ApiKey).where(col(ApiKey.tenant) == admin.tenant)
     rows, next_cursor = page(session, statement, col(ApiKey.created_at), col(ApiKey.id), limit, cursor)
-    return JSONResponse({"items": [key_view(row) for row in rows], "next_cursor": next_cursor})
+    return JSONResponse({"items": [public_view(row) for row in rows], "next_cursor": next_cursor})
 
 
-@router.get("/{key_id}", response_model=KeyView, responses=_errors(401, 403, 404, 503))
+# 422 is listed on the `{key_id}` routes only because FastAPI would otherwise document its own 422 shape there.
+@router.get("/{key_id}", response_model=KeyView, responses=_errors(401, 403, 404, 422, 503))
 def get_key(key_id: str, admin: AdminDep, gateway: GatewayDep) -> JSONResponse:
     """One of the tenant's keys."""
     try:
-        return JSONResponse(key_view(_store(gateway).get(_checked_id(key_id), admin.tenant)))
+        return JSONResponse(public_view(_store(gateway).get(_checked_id(key_id), admin.tenant)))
     except KeyNotFound:
         raise not_found("api key", key_id) from None
 
@@ -232,13 +212,13 @@ def rotate_key(key_id: str, admin: AdminDep, gateway: GatewayDep, body: RotateKe
         raise ApiError(409, str(exc), details={"id": key_id}) from None
     gateway.auth.forget(old.id)
     return JSONResponse(
-        {**key_view(new), "key": key, "replaces": key_view(old)},
+        {**public_view(new), "key": key, "replaces": public_view(old)},
         status_code=201,
         headers={"Location": f"{router.prefix}/{new.id}"},
     )
 
 
-@router.post("/{key_id}/revoke", response_model=KeyView, responses=_errors(401, 403, 404, 503))
+@router.post("/{key_id}/revoke", response_model=KeyView, responses=_errors(401, 403, 404, 422, 503))
 def revoke_key(key_id: str, admin: AdminDep, gateway: GatewayDep) -> JSONResponse:
     """Revoke a key now (here at once; on other gateway replicas within `LONGRUN_API_KEY_CACHE_SECONDS`)."""
     try:
@@ -246,4 +226,4 @@ def revoke_key(key_id: str, admin: AdminDep, gateway: GatewayDep) -> JSONRespons
     except KeyNotFound:
         raise not_found("api key", key_id) from None
     gateway.auth.forget(row.id)
-    return JSONResponse(key_view(row))
+    return JSONResponse(public_view(row))
