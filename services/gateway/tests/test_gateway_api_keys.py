@@ -15,6 +15,7 @@ from sqlalchemy import Engine, event
 from sqlmodel import Session
 
 from longrun_common.apikeys import ApiKeyStore, key_id_of
+from longrun_common.db import create_db_engine
 from longrun_common.models import ApiKey
 from longrun_common.settings import Settings
 from longrun_gateway.auth import Authenticator
@@ -348,3 +349,22 @@ def _at(text: str) -> datetime:
 
 def _naive(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+async def test_a_database_outage_is_a_503_for_sql_keys_and_bootstrap_keys_still_work(
+    lite_client: httpx.AsyncClient,
+) -> None:
+    auth = gateway_of(lite_client).auth
+    _, key = auth.store.create("dev", "svc")
+    working = auth.store.engine
+    dead = create_db_engine(Settings(database_url="postgresql://nobody@127.0.0.1:1/none"))
+    auth.store.engine = dead  # an unreachable database behind an uncached key
+    try:
+        response = await lite_client.get("/v1/tasks", headers=bearer(key))
+        assert response.status_code == 503, response.text
+        assert error_of(response)["details"] == {"dependency": "database"}
+        assert (await lite_client.get("/v1/tasks", headers=DEV)).status_code == 200  # needs no SQL for its key
+    finally:
+        auth.store.engine = working
+        dead.dispose()
+    assert (await lite_client.get("/v1/tasks", headers=bearer(key))).status_code == 200
