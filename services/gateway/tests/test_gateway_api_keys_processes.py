@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from longrun_common.apikeys import ApiKeyStore, KeyStatus, key_id_of, matches, status
 from longrun_common.settings import Settings
+from longrun_gateway import __main__ as entry
 from tests.support.fixtures import ServiceFactory
 from tests.support.processes import python_module, service_env
 from tests.support.servers import repo_root
@@ -37,15 +38,18 @@ def created(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return view
 
 
-# Each command is a fresh interpreter (a few seconds of imports on a busy machine): hence the longer timeout.
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300)  # a fresh interpreter per command: seconds of imports each on a busy machine
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_keys_command_creates_lists_rotates_and_revokes(
-    settings_env: dict[str, str], settings: Settings, engine: Engine
+    settings_env: dict[str, str],
+    settings: Settings,
+    engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     store = ApiKeyStore.for_settings(engine, settings)
 
-    # Text output: the key alone on stdout (for `KEY=$(…)`), what it is on stderr.
+    # As an operator runs it (a subprocess): the key alone on stdout (for `KEY=$(…)`), what it is on stderr.
     made = keys_command(settings_env, "create", "--tenant", "acme", "--name", "ops", "--scope", "admin",
                         "--scope", "jobs", "--expires-in", "3600")
     assert made.returncode == 0, made.stderr
@@ -57,29 +61,47 @@ def test_the_keys_command_creates_lists_rotates_and_revokes(
     assert row.tenant == "acme" and row.scopes == ["jobs", "admin"] and row.created_by == "cli"
     assert row.expires_at is not None and matches(store.pepper, key, row.secret_hash)
 
-    other = created(keys_command(settings_env, "create", "--tenant", "dev", "--name", "ci", "-o", "json"))
-    assert other["scopes"] == ["jobs"] and other["expires_at"] is None and key_id_of(other["key"]) == other["id"]
+    # The other commands in this process (the same entry point, `python -m longrun_gateway keys …`).
+    for name, value in settings_env.items():
+        monkeypatch.setenv(name, value)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exited:
+            entry.main(["keys", *args])
+        out, err = capsys.readouterr()
+        return int(exited.value.code or 0), out, err
+
+    code, out, _ = run("create", "--tenant", "dev", "--name", "ci", "-o", "json")
+    other = json.loads(out)
+    assert code == 0 and other["scopes"] == ["jobs"] and other["expires_at"] is None
+    assert key_id_of(other["key"]) == other["id"]
 
     listing = keys_command(settings_env, "list", "--tenant", "acme")
     assert listing.returncode == 0 and key_id in listing.stdout and other["id"] not in listing.stdout
     assert key.rsplit("_", 1)[1] not in listing.stdout
+    code, out, _ = run("list", "-o", "json")
+    assert code == 0 and {item["id"] for item in json.loads(out)["items"]} == {key_id, other["id"]}
+    assert other["key"] not in out
 
-    rotated = created(keys_command(settings_env, "rotate", key_id, "--grace", "600", "-o", "json"))
-    assert rotated["replaces"]["id"] == key_id and rotated["replaces"]["status"] == "rotated"
+    code, out, _ = run("rotate", key_id, "--grace", "600", "-o", "json")
+    rotated = json.loads(out)
+    assert code == 0 and rotated["replaces"]["id"] == key_id and rotated["replaces"]["status"] == "rotated"
     assert rotated["tenant"] == "acme" and rotated["scopes"] == ["jobs", "admin"]
     assert status(store.get(key_id)) is KeyStatus.ROTATED
     assert matches(store.pepper, rotated["key"], store.get(rotated["id"]).secret_hash)
 
-    revoked = keys_command(settings_env, "revoke", other["id"])
-    assert revoked.returncode == 0 and f"revoked {other['id']}" in revoked.stdout
+    code, out, _ = run("revoke", other["id"])
+    assert code == 0 and f"revoked {other['id']}" in out
     assert status(store.get(other["id"])) is KeyStatus.REVOKED
 
     # Refusals: exit status 1 and a message; usage errors: 2.
-    unknown = keys_command(settings_env, "revoke", "zzzzzzzzzzzz")
-    assert unknown.returncode == 1 and "no API key with id 'zzzzzzzzzzzz'" in unknown.stderr
-    twice = keys_command(settings_env, "rotate", key_id)
-    assert twice.returncode == 1 and "cannot be rotated" in twice.stderr
-    assert keys_command(settings_env, "create", "--tenant", "dev", "--name", "x", "--scope", "root").returncode == 2
+    assert run("revoke", "zzzzzzzzzzzz")[::2] == (1, "error: no API key with id 'zzzzzzzzzzzz'\n")
+    code, _, err = run("rotate", key_id)
+    assert code == 1 and "cannot be rotated" in err
+    code, _, err = run("create", "--tenant", "a b", "--name", "x")
+    assert code == 1 and "tenant 'a b'" in err
+    assert run("create", "--tenant", "dev", "--name", "x", "--scope", "root")[0] == 2
+    assert run()[0] == 2
 
 
 # One backend as deployed (PostgreSQL) keeps this slow test single; every path also runs in-process on both.

@@ -90,6 +90,7 @@ class Authenticator:
         self._ttl = settings.api_key_cache_seconds
         self._clock = clock
         self._cache: dict[str, _Entry] = {}
+        self._forgets = 0  # bumped by forget(): a read that raced with it is used once, not cached
 
     async def authenticate(self, header: str) -> Principal:
         """The caller of a request with this `Authorization` header value."""
@@ -107,8 +108,10 @@ class Authenticator:
             raise unauthorized("invalid API key")
         entry = self._cache.get(key_id)
         if entry is None or self._clock() - entry.read_at >= self._ttl:
+            forgets = self._forgets
             entry = await run_in_threadpool(self._read, key_id, key)
-            self._remember(key_id, entry)
+            if forgets == self._forgets:
+                self._remember(key_id, entry)
         row = entry.row
         if row is None or not matches(self.store.pepper, key, row.secret_hash):
             raise unauthorized("invalid API key")
@@ -121,13 +124,15 @@ class Authenticator:
 
     def forget(self, key_id: str) -> None:
         """Drop a cached key (after this process changed it), so the change applies here at once."""
+        self._forgets += 1
         self._cache.pop(key_id, None)
 
     def _bootstrap_key(self, key: str) -> Principal | None:
         tenant = None
+        presented = key.encode()
         # Compare against every key in constant time so response timing does not reveal near-misses.
         for candidate, owner in self._bootstrap:
-            if hmac.compare_digest(candidate, key.encode()):
+            if hmac.compare_digest(candidate, presented):
                 tenant = owner
         return Principal(tenant, None, BOOTSTRAP_SCOPES) if tenant is not None else None
 
