@@ -6,7 +6,8 @@
   (b) submissions through a real uvicorn gateway (`POST /v1/jobs`, N concurrent clients, closed loop), phases
       alternating between the bootstrap key and a cached SQL key on the same process, so drift hits both.
 
-Target: a cached SQL key costs a submit no more than noise: throughput within 5% of the bootstrap key's.
+Target: a cached SQL key costs a submit no more than noise: the gateway's CPU per submit within 5% of the
+bootstrap key's (CPU per request, not req/s: on a shared machine throughput swings more between rounds than that).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from longrun_gateway.auth import Authenticator
 
 BODY = json.dumps({"task": "demo.steps", "args": {"steps": 1}}).encode()
 BOOTSTRAP = "dev-key"
-TARGET_SHARE = 0.95
+TARGET_CPU_SHARE = 1.05
 
 
 # --- (a) the Authenticator alone --------------------------------------------------------------------------
@@ -103,6 +104,10 @@ def measured(pid: int, body: Callable[[], Run]) -> Run:
     return run
 
 
+def _cpu(run: Run) -> float:
+    return run.cpu_seconds / run.ok if run.ok else float("nan")
+
+
 def merge(name: str, runs: list[Run]) -> Run:
     total = Run(name)
     for run in runs:
@@ -168,9 +173,10 @@ def main() -> None:
         "machine)",
         [*HEADER[:-1], "vs bootstrap"],
         [boot.row(), sql.row(boot)],
-        [f"target: SQL-key throughput >= {TARGET_SHARE:.0%} of the bootstrap key's -> "
-         f"{'MET' if sql.per_second >= TARGET_SHARE * boot.per_second else 'MISSED'} "
-         f"({ratio(sql.per_second, boot.per_second)}); p50 {ms(percentile(boot.latencies, 50))} vs "
+        [f"target: SQL-key gateway CPU/req <= {TARGET_CPU_SHARE:.2f}x the bootstrap key's -> "
+         f"{'MET' if _cpu(sql) <= TARGET_CPU_SHARE * _cpu(boot) else 'MISSED'} "
+         f"({ratio(_cpu(sql), _cpu(boot))}); throughput {ratio(sql.per_second, boot.per_second)}; "
+         f"p50 {ms(percentile(boot.latencies, 50))} vs "
          f"{ms(percentile(sql.latencies, 50))}; spread of rounds: "
          f"{statistics.pstdev([r.per_second for r in phases['bootstrap']]):.0f} / "
          f"{statistics.pstdev([r.per_second for r in phases['sql']]):.0f} req/s", *per_round],
