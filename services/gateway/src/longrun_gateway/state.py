@@ -23,6 +23,7 @@ from longrun_common.publisher import Publisher
 from longrun_common.reader import Reader
 from longrun_common.settings import Settings
 
+from .auth import Authenticator
 from .live import LiveEvents
 from .metrics import Metrics
 from .ratelimit import SubmitLimiter
@@ -62,6 +63,7 @@ class Gateway:
     live: LiveEvents
     limiter: SubmitLimiter
     metrics: Metrics
+    auth: Authenticator
     _maintenance: threading.Event | None = None
 
     @classmethod
@@ -110,6 +112,7 @@ class Gateway:
             live=LiveEvents(listen_redis, keys),
             limiter=SubmitLimiter(async_redis, keys, settings.tenant_rate_limit),
             metrics=metrics,
+            auth=Authenticator(settings, engine),
         )
 
     async def start(self) -> None:
