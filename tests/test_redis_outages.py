@@ -1,0 +1,81 @@
+"""Redis outages under real processes: a worker survives any number of them, and the first Redis use after
+one succeeds in the hub and the gateway (a stale pooled connection is replaced, never reported).
+
+Each test owns a private redis-server on a free port that it stops and starts on the same port.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from longrun_common.jobs import JobStore
+from longrun_common.models import Job
+from longrun_common.settings import Settings
+from tests.support.fixtures import ServiceFactory
+from tests.support.jobs import TERMINAL_VALUES, close_store, make_store, submit
+from tests.support.servers import RedisServer
+
+pytestmark = pytest.mark.integration
+
+BOUNCES = 12
+# Quick lease and reaper: a job whose broker message an outage took is sent again within seconds.
+FAST = {"LONGRUN_LEASE_SECONDS": "2", "LONGRUN_REAPER_INTERVAL": "0.5"}
+
+
+@pytest.fixture
+def database_url(postgres_url: str) -> str:
+    """PostgreSQL only, as in production: these tests are about Redis, one database is enough."""
+    import psycopg
+
+    from tests.support.fixtures import TABLES
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE " + ", ".join(TABLES) + " CASCADE")
+    return postgres_url
+
+
+def wait_ended_in_sql(store: JobStore, ids: list[str], timeout: float) -> list[Job]:
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = [store.get(job_id) for job_id in ids]
+        if all(job is not None and job.status in TERMINAL_VALUES for job in jobs):
+            return [job for job in jobs if job is not None]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"jobs not ended after {timeout}s: {[(j.id, j.status) for j in jobs if j]}")
+        time.sleep(0.1)
+
+
+def test_worker_survives_repeated_redis_outages(services: ServiceFactory, settings: Settings) -> None:
+    """Issue 7, defect 6: one outage in 13 ended the worker (kombu: `'NoneType' object has no attribute
+    'hostname'` while restoring an unacknowledged message). Bounce Redis under a worker with jobs running."""
+    private = RedisServer().start()
+    store = make_store(settings.model_copy(update={"redis_url": private.url}))
+    rng = random.Random(7)
+    try:
+        worker = services("worker", "--concurrency", "2", env={"LONGRUN_REDIS_URL": private.url, **FAST})
+        ids: list[str] = []
+        started = time.monotonic()
+        for bounce in range(BOUNCES):
+            # Jobs in flight (acknowledged late, so unacknowledged) and queued behind them when Redis goes.
+            ids += [submit(store, "demo.steps", {"steps": 10, "delay": 0.05}).id for _ in range(3)]
+            time.sleep(rng.uniform(0.3, 1.5))
+            private.stop()
+            time.sleep(rng.uniform(0.1, 1.0))
+            private.start()
+            assert worker.process is not None
+            assert worker.process.poll() is None, f"worker exited after outage {bounce + 1}:\n{worker.logs()[-4000:]}"
+        # SQL is the record: a job that ended before the last outage lost its Redis hash with the rest.
+        done = wait_ended_in_sql(store, ids, timeout=60)
+        assert [job.status for job in done] == ["succeeded"] * len(ids), [(j.id, j.status, j.error) for j in done]
+        assert worker.process.poll() is None, worker.logs()[-4000:]
+        logs = worker.logs()
+        assert "Unrecoverable error" not in logs
+        # The outages were seen: the consumer lost its broker connection (and came back) again and again.
+        assert logs.count("Connection to broker lost") >= BOUNCES // 2, logs[-4000:]
+        assert time.monotonic() - started < 90
+    finally:
+        close_store(store)
+        private.stop()
