@@ -6,14 +6,23 @@ Each test owns a private redis-server on a free port that it stops and starts on
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
 import time
+from typing import Any
 
+import httpx
 import pytest
+import redis
+import websockets
+from sqlalchemy import Engine
 
+import longrun_worker.tasks  # noqa: F401  (registers the built-in tasks for register_catalog)
 from longrun_common.jobs import JobStore
 from longrun_common.models import Job
 from longrun_common.settings import Settings
+from longrun_worker.catalog import register_catalog
 from tests.support.fixtures import ServiceFactory
 from tests.support.jobs import TERMINAL_VALUES, close_store, make_store, submit
 from tests.support.servers import RedisServer
@@ -78,4 +87,58 @@ def test_worker_survives_repeated_redis_outages(services: ServiceFactory, settin
         assert time.monotonic() - started < 90
     finally:
         close_store(store)
+        private.stop()
+
+
+AUTH = {"Authorization": "Bearer dev-key"}
+SOCKETS = 20
+
+
+async def first_frame(url: str) -> dict[str, Any]:
+    """Connect and return the first frame; a close instead (1013: Redis unavailable) fails the test."""
+    async with websockets.connect(url, open_timeout=10) as ws:
+        try:
+            async with asyncio.timeout(10):
+                return dict(json.loads(await ws.recv()))
+        except websockets.ConnectionClosed:
+            raise AssertionError(f"closed {ws.close_code} {ws.close_reason!r} instead of a snapshot") from None
+
+
+async def test_first_redis_use_after_an_outage_succeeds(services: ServiceFactory, engine: Engine) -> None:
+    """Issue 7, defect 8: after Redis came back, the first hub `/readyz` said `"redis": false` and the first
+    WebSocket connect closed 1013 — pooled connections to the old server failed their first command. Every
+    client must replace such a connection transparently: the first use after an outage succeeds."""
+    register_catalog(engine)  # what a worker does at start: the gateway validates submits against it
+    private = RedisServer().start()
+    try:
+        env = {"LONGRUN_REDIS_URL": private.url, "LONGRUN_HUB_REDIS_BACKOFF_MIN": "0.1",
+               "LONGRUN_HUB_REDIS_BACKOFF_MAX": "0.2"}
+        hub, gateway = services("hub", env=env), services("gateway", env=env)
+        async with httpx.AsyncClient(timeout=15) as http:
+            submitted = await http.post(gateway.url + "/v1/jobs", headers=AUTH,
+                                        json={"task": "demo.steps", "args": {"steps": 5}})
+            assert submitted.status_code == 202, submitted.text
+            job = submitted.json()
+            url = f"{hub.url.replace('http://', 'ws://')}/v1/ws/jobs/{job['id']}?token={job['stream']['token']}"
+            # Fill the pools: every one of these sockets reads its snapshot on a pooled connection.
+            frames = await asyncio.gather(*(first_frame(url) for _ in range(SOCKETS)))
+            assert {frame["type"] for frame in frames} == {"snapshot"}
+            assert (await http.get(gateway.url + "/readyz")).status_code == 200
+            assert (await http.get(hub.url + "/readyz")).status_code == 200
+
+            redis.Redis.from_url(private.url).save()  # the restarted server has the job again
+            private.restart()  # same port; returns once the new server answers PING
+
+            # The first use of each pool after the outage: no 503, no 1013, no error.
+            ready = await http.get(gateway.url + "/readyz")
+            assert ready.json()["checks"]["redis"] == "ok", ready.text
+            ready = await http.get(hub.url + "/readyz")
+            checks = ready.json().get("checks") or ready.json()["error"]["details"]
+            assert checks["redis"] is True, ready.text
+            frames = await asyncio.gather(*(first_frame(url) for _ in range(SOCKETS)))
+            assert {frame["type"] for frame in frames} == {"snapshot"}
+            again = await http.post(gateway.url + "/v1/jobs", headers=AUTH,
+                                    json={"task": "demo.steps", "args": {"steps": 5}})
+            assert again.status_code == 202, again.text
+    finally:
         private.stop()
