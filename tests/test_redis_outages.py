@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -25,7 +27,7 @@ from longrun_common.settings import Settings
 from longrun_worker.catalog import register_catalog
 from tests.support.fixtures import ServiceFactory
 from tests.support.jobs import TERMINAL_VALUES, close_store, make_store, submit
-from tests.support.processes import Service
+from tests.support.processes import Service, free_port, service_env
 from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -162,3 +164,26 @@ async def test_first_redis_use_after_an_outage_succeeds(services: ServiceFactory
             assert again.status_code == 202, again.text
     finally:
         private.stop()
+
+
+STOPPING_WORKER = """
+import sys
+from longrun_common.settings import Settings
+from longrun_worker.__main__ import run_worker
+from longrun_worker.app import create_worker_app
+
+app = create_worker_app(Settings())
+app.conf.broker_connection_retry_on_startup = False  # no broker: the worker stops at once, exit status 1
+sys.exit(run_worker(app, ["worker", "--pool", "solo", "--without-mingle", "--without-gossip"]))
+"""
+
+
+def test_a_worker_that_stops_on_an_error_exits_non_zero(sqlite_url: str, key_prefix: str) -> None:
+    """Celery's `worker_main` drops the worker's exit status: a worker that ended on an unrecoverable error
+    exited 0, and a supervisor that restarts only failures left it down. `python -m longrun_worker` keeps it."""
+    env = service_env({"LONGRUN_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+                       "LONGRUN_DATABASE_URL": sqlite_url, "LONGRUN_KEY_PREFIX": key_prefix})
+    done = subprocess.run([sys.executable, "-c", STOPPING_WORKER], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Shutting down" in done.stdout + done.stderr
