@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+
+from celery import Celery
 
 from longrun_common.celery_app import QUEUES
 from longrun_common.db import migrate
@@ -11,8 +14,10 @@ from longrun_common.settings import Settings
 
 from .app import create_worker_app
 
+log = logging.getLogger("longrun_worker")
 
-def main(argv: list[str]) -> None:
+
+def main(argv: list[str]) -> int:
     settings = Settings()
     migrate(settings)
     app = create_worker_app(settings)
@@ -24,8 +29,30 @@ def main(argv: list[str]) -> None:
         options += ["--loglevel", "INFO"]
     # Mingle/gossip sync Celery's in-memory revokes between workers; Longrun keeps cancels in SQL and Redis,
     # so they only slow start-up.
-    app.worker_main(["worker", "--events", "--without-mingle", "--without-gossip", *options])
+    code = run_worker(app, ["worker", "--events", "--without-mingle", "--without-gossip", *options])
+    if code:
+        # Celery has already logged why ("Unrecoverable error: …"); say what happens next, in words an operator
+        # searching the logs finds, and exit non-zero so that a supervisor restarts the worker.
+        log.critical("worker stopped with exit code %s; exiting so that its supervisor restarts it", code)
+    return code
+
+
+def run_worker(app: Celery, argv: list[str]) -> int:
+    """`app.worker_main(argv)`, keeping the worker's exit status.
+
+    Celery's `worker_main` drops it: a worker that ended on an unrecoverable error exited 0, and a supervisor
+    that restarts only failed processes (systemd `Restart=on-failure`, a Job/Pod with `restartPolicy:
+    OnFailure`) left it down.
+    """
+    from celery.bin.celery import celery as cli
+
+    cli.params[0].default = app  # what `app.start` does: the CLI's --app defaults to this app
+    try:
+        code = cli.main(args=argv, standalone_mode=False)  # returns the code of `ctx.exit(worker.exitcode)`
+    finally:
+        cli.params[0].default = None
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

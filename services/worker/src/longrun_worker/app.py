@@ -17,7 +17,7 @@ from longrun_common.models import Job
 from longrun_common.settings import Settings
 from longrun_common.states import JobStatus
 
-from . import tasks  # noqa: F401  (registers the built-in tasks)
+from . import broker, tasks  # noqa: F401  (tasks registers the built-in tasks)
 from .api import REGISTRY, TaskDefinition
 from .catalog import register_catalog
 from .resources import Resources, get_resources, reset_resources
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 def create_worker_app(settings: Settings) -> Celery:
     """A Celery app that runs every registered Longrun task."""
     check_visibility_timeout(settings)
+    broker.install()  # keeps the worker alive through Redis outages (kombu defect, see broker.py)
     app = create_celery(settings)
     for definition in REGISTRY.values():
         _register(app, settings, definition)
