@@ -91,8 +91,9 @@ bench: install ## run every bench/*.py in turn (each compares against its baseli
 
 install: sync
 
+# Under a lock: `make gateway & make worker` on a fresh clone would otherwise run two `uv sync` into one .venv.
 sync: uv ## install the locked environment (.venv) with the dev group
-	$(UV) sync $(UV_SYNC_FLAGS)
+	$(PYTHON) scripts/with_lock.py $(TOOLS)/sync.lock -- $(UV) sync $(UV_SYNC_FLAGS)
 
 uv: $(filter /%,$(UV))
 

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(20.0, ge=0, description="on SIGTERM, running jobs get this long to finish")
     tenant_rate_limit: float = Field(0.0, ge=0, description="submissions per second per tenant, 0 = unlimited")
     maintenance: bool = Field(True, description="run the reaper and reconciler in this gateway / worker")
+    migrate_on_start: bool = Field(
+        True, description="gateway and worker migrate the database at start; false: they wait for the schema"
+    )
     reaper_interval: float = Field(1.0, gt=0, description="how often the reaper looks for expired leases")
     # Progress hub (longrun_hub): per-client backpressure, keepalive, lifetime and Redis reconnects.
     hub_queue_size: int = Field(64, ge=1, description="frames queued for one client before progress is coalesced")

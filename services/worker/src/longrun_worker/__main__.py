@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from longrun_common.celery_app import QUEUES
-from longrun_common.db import migrate
+from longrun_common.db import ensure_schema
 from longrun_common.keys import Keys
 from longrun_common.settings import Settings
 
@@ -14,7 +14,7 @@ from .app import create_worker_app
 
 def main(argv: list[str]) -> None:
     settings = Settings()
-    migrate(settings)
+    ensure_schema(settings)
     app = create_worker_app(settings)
     keys = Keys(settings.key_prefix)
     options = list(argv)
