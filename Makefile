@@ -31,7 +31,7 @@ PYTEST_ARGS ?=
 MYPY_TARGETS := libs/common/src $(wildcard services/*/src)
 
 .PHONY: help up down gateway hub worker flower test lint bench install sync uv redis migrate browsers \
-	test-services clean distclean
+	test-services clean distclean images rehearse
 
 help: ## show this list
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -86,6 +86,11 @@ bench: install ## run every bench/*.py in turn (each compares against its baseli
 		PATH="$$PATH:$$($(PYTHON) scripts/devredis.py bindir)" $(RUN) python "$$script" || failed+=("$$script"); \
 	done; \
 	if [ $${#failed[@]} -gt 0 ]; then echo "make bench: failed: $${failed[*]}" >&2; exit 1; fi
+
+# --- containers (podman here; see images/ and tests/rehearsal/) ------------------------------------------------
+
+images: install ## build the OCI images with podman (one Longrun image, plus Redis/PostgreSQL for tests); as root
+	PYTHON=$(PYTHON) scripts/images.sh
 
 # --- setting up (internal; each is quick when there is nothing to do) -------------------------------------------
 

@@ -1,0 +1,23 @@
+#!/bin/sh
+# First start: initdb with POSTGRES_USER as the superuser (password auth over TCP when POSTGRES_PASSWORD is
+# set, trust otherwise) and create POSTGRES_DB. Then PostgreSQL replaces this script (exec): it is PID 1.
+set -eu
+user=${POSTGRES_USER:-postgres}
+db=${POSTGRES_DB:-$user}
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    auth=trust
+    pwfile=$(mktemp)
+    if [ -n "${POSTGRES_PASSWORD:-}" ]; then
+        auth=scram-sha-256
+        printf '%s\n' "$POSTGRES_PASSWORD" > "$pwfile"
+        initdb -D "$PGDATA" -U "$user" --auth-local=trust --auth-host="$auth" --pwfile="$pwfile" >/dev/null
+    else
+        initdb -D "$PGDATA" -U "$user" --auth-local=trust --auth-host=trust >/dev/null
+    fi
+    rm -f "$pwfile"
+    printf 'host all all 0.0.0.0/0 %s\nhost all all ::/0 %s\n' "$auth" "$auth" >> "$PGDATA/pg_hba.conf"
+    if [ "$db" != postgres ]; then
+        echo "CREATE DATABASE \"$db\" OWNER \"$user\"" | postgres --single -D "$PGDATA" postgres >/dev/null
+    fi
+fi
+exec postgres -D "$PGDATA" -c listen_addresses='*' -c unix_socket_directories=/tmp -c fsync=off "$@"
