@@ -28,6 +28,10 @@ def strict(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     out = {key: strict(value) for key, value in node.items() if not key.startswith("x-kubernetes-")}
+    pattern = out.get("pattern")
+    if isinstance(pattern, str) and "(?i)" in pattern[1:]:
+        # Go's RE2 takes inline flags anywhere; Python only at the start.
+        out["pattern"] = "(?i)" + pattern.replace("(?i)", "")
     if node.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
         out["anyOf"] = [{"type": "integer"}, {"type": "string"}]

@@ -94,6 +94,10 @@ imagePullPolicy: {{ default $global.pullPolicy $own.pullPolicy }}
     "LONGRUN_BIND_HOST" "0.0.0.0"
     "LONGRUN_HUB_PUBLIC_URL" (include "longrun.hubPublicUrl" .)
 }}
+{{- if .Values.migrations.enabled }}
+{{- /* The hook Job migrates; the services wait for the schema instead of racing to create it. */}}
+{{- $_ := set $data "LONGRUN_MIGRATE_ON_START" "false" }}
+{{- end }}
 {{- range $key, $value := .Values.config }}
 {{- $_ := set $data (printf "LONGRUN_%s" (upper $key)) (toString $value) }}
 {{- end }}
