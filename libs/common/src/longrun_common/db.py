@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import logging
 import os
 import sys
 import time
@@ -126,10 +127,12 @@ def ensure_schema(settings: Settings) -> None:
     if settings.migrate_on_start:
         migrate(settings)
         return
+    shown = make_url(settings.sqlalchemy_url).render_as_string(hide_password=True)
     if not wait_for_schema(settings, SCHEMA_WAIT_SECONDS):
-        shown = make_url(settings.sqlalchemy_url).render_as_string(hide_password=True)
         raise RuntimeError(f"the database schema is not current after {SCHEMA_WAIT_SECONDS:g}s: {shown} "
                            "(LONGRUN_MIGRATE_ON_START is false: run `python -m longrun_common.db` first)")
+    # Said on stderr before any logging is set up: an operator reading a pod's log sees who migrated.
+    print(f"database schema current, migrations left to their own job: {shown}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait", type=float, metavar="SECONDS", default=None,
                         help="do not migrate: wait up to SECONDS for the schema to be current; exit 1 if it is not")
     args = parser.parse_args(argv)
+    # alembic reports each migration it runs ("Running upgrade a -> b") at INFO: the log shows what ran.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
     shown = make_url(settings.sqlalchemy_url).render_as_string(hide_password=True)
     if args.wait is not None:
