@@ -101,8 +101,9 @@ test-k8s: install helm ## install the chart into the cluster of KUBECONFIG and c
 images: install ## build the OCI images with podman (one Longrun image, plus Redis/PostgreSQL for tests); as root
 	PYTHON=$(PYTHON) scripts/images.sh
 
-rehearse: images helm ## run the chart's manifests with podman kube play and the rollout scenario (tests/rehearsal)
-	$(RUN) pytest -p no:cacheprovider -v -s tests/rehearsal/rehearsal_checks.py $(PYTEST_ARGS)
+rehearse: images helm ## the chart's manifests under podman kube play, the rollout scenario, testcontainers for real
+	$(RUN) pytest -p no:cacheprovider -v -s tests/rehearsal/rehearsal_checks.py tests/rehearsal/testcontainers_checks.py \
+		$(PYTEST_ARGS)
 
 # --- setting up (internal; each is quick when there is nothing to do) -------------------------------------------
 

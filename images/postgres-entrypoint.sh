@@ -1,6 +1,7 @@
 #!/bin/sh
 # First start: initdb with POSTGRES_USER as the superuser (password auth over TCP when POSTGRES_PASSWORD is
-# set, trust otherwise) and create POSTGRES_DB. Then PostgreSQL replaces this script (exec): it is PID 1.
+# set, trust otherwise) and create POSTGRES_DB. UTF8 spelled out: a minimal image has no locale, and initdb
+# would pick SQL_ASCII, for which psycopg returns bytes. Then PostgreSQL replaces this script (exec): PID 1.
 set -eu
 user=${POSTGRES_USER:-postgres}
 db=${POSTGRES_DB:-$user}
@@ -10,9 +11,9 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     if [ -n "${POSTGRES_PASSWORD:-}" ]; then
         auth=scram-sha-256
         printf '%s\n' "$POSTGRES_PASSWORD" > "$pwfile"
-        initdb -D "$PGDATA" -U "$user" --auth-local=trust --auth-host="$auth" --pwfile="$pwfile" >/dev/null
+        initdb -D "$PGDATA" -U "$user" --encoding=UTF8 --locale=C.UTF-8 --auth-local=trust --auth-host="$auth" --pwfile="$pwfile" >/dev/null
     else
-        initdb -D "$PGDATA" -U "$user" --auth-local=trust --auth-host=trust >/dev/null
+        initdb -D "$PGDATA" -U "$user" --encoding=UTF8 --locale=C.UTF-8 --auth-local=trust --auth-host=trust >/dev/null
     fi
     rm -f "$pwfile"
     printf 'host all all 0.0.0.0/0 %s\nhost all all ::/0 %s\n' "$auth" "$auth" >> "$PGDATA/pg_hba.conf"

@@ -17,6 +17,7 @@ does not, and building offline makes the image exactly the lock. It writes, unde
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from packaging.markers import Marker
 from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 PIN = re.compile(r"^(?P<name>[A-Za-z0-9._-]+)==(?P<version>[^\s;\\]+)\s*(?:;\s*(?P<marker>[^\\]+?))?\s*$")
@@ -75,18 +77,13 @@ def main(argv: list[str]) -> int:
     pins = requirements(args.uv, env)
     lines = [f"{name}=={version} " + " ".join(f"--hash={h}" for h in hashes) for name, version, hashes in pins]
     (args.context / "requirements.txt").write_text("\n".join(lines) + "\n")
-    download = subprocess.run(
-        [*shlex.split(args.pip), "download", "--quiet", "--disable-pip-version-check", "--no-deps",
-         "--only-binary=:all:", "--require-hashes", "-r", str(args.context / "requirements.txt"),
-         "-d", str(deps_dir)],
-        check=False, stderr=subprocess.PIPE, text=True,
-    )
-    # A machine's pip.conf may name extra indexes that lack most packages: pip warns once per package.
-    noise = "is neither a file nor a directory"
-    sys.stderr.write("".join(line for line in download.stderr.splitlines(True) if noise not in line))
-    if download.returncode != 0:
-        return download.returncode
-    wanted = {(canonicalize_name(name), version) for name, version, _ in pins}
+    if _all_present(pins, deps_dir):
+        print("image_wheels: every locked wheel is already downloaded (hashes match)")
+    else:
+        rc = _download(args.pip, args.context / "requirements.txt", deps_dir)
+        if rc:
+            return rc
+    wanted = {(canonicalize_name(name), str(Version(version))) for name, version, _ in pins}
     for wheel in deps_dir.glob("*.whl"):  # wheels of an older lock
         name, version, *_ = parse_wheel_filename(wheel.name)
         if (name, str(version)) not in wanted:
@@ -99,6 +96,33 @@ def main(argv: list[str]) -> int:
     )
     print(f"image_wheels: {len(pins)} locked dependencies, {len(list(own_dir.glob('*.whl')))} Longrun wheels")
     return 0
+
+
+def _all_present(pins: list[tuple[str, str, list[str]]], deps_dir: Path) -> bool:
+    """True when each pin has a wheel here whose sha256 is one the lock allows (then pip need not run:
+    it would ask the index about every package again)."""
+    by_pin: dict[tuple[str, str], list[Path]] = {}
+    for wheel in deps_dir.glob("*.whl"):
+        wheel_name, wheel_version, *_ = parse_wheel_filename(wheel.name)
+        by_pin.setdefault((wheel_name, str(wheel_version)), []).append(wheel)
+    for name, version, hashes in pins:
+        allowed = {h.removeprefix("sha256:") for h in hashes}
+        files = by_pin.get((canonicalize_name(name), str(Version(version))), [])
+        if not any(hashlib.sha256(f.read_bytes()).hexdigest() in allowed for f in files):
+            return False
+    return True
+
+
+def _download(pip: str, requirements_file: Path, deps_dir: Path) -> int:
+    download = subprocess.run(
+        [*shlex.split(pip), "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+         "--only-binary=:all:", "--require-hashes", "-r", str(requirements_file), "-d", str(deps_dir)],
+        check=False, stderr=subprocess.PIPE, text=True,
+    )
+    # A machine's pip.conf may name extra indexes that lack most packages: pip warns once per package.
+    noise = "is neither a file nor a directory"
+    sys.stderr.write("".join(line for line in download.stderr.splitlines(True) if noise not in line))
+    return download.returncode
 
 
 if __name__ == "__main__":
