@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from .helm import RELEASE, Manifest, by_kind, env_of, named, render_base
@@ -9,8 +11,9 @@ from .helm import RELEASE, Manifest, by_kind, env_of, named, render_base
 pytestmark = pytest.mark.unit
 
 
-def container(manifests: list[Manifest], kind: str, name: str) -> dict:
-    return named(manifests, kind, name)["spec"]["template"]["spec"]["containers"][0]
+def container(manifests: list[Manifest], kind: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = named(manifests, kind, name)["spec"]["template"]["spec"]["containers"][0]
+    return found
 
 
 @pytest.mark.parametrize("name", ["gateway", "hub"])

@@ -3,6 +3,8 @@ the runtime's seccomp profile and no service account token; writable paths are v
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from .helm import Manifest, containers, pod_templates, render_base
@@ -10,7 +12,7 @@ from .helm import Manifest, containers, pod_templates, render_base
 pytestmark = pytest.mark.unit
 
 
-def longrun_pods(manifests: list[Manifest]) -> list[tuple[Manifest, dict]]:
+def longrun_pods(manifests: list[Manifest]) -> list[tuple[Manifest, dict[str, Any]]]:
     return [(o, t) for o, t in pod_templates(manifests) if o["metadata"]["labels"]["app.kubernetes.io/component"]
             != "redis"]
 
