@@ -242,6 +242,8 @@ def build_schema() -> Schema:
             "pollingInterval": integer("seconds between queries", minimum=1),
             "cooldownPeriod": integer("seconds after the last active trigger before scaling to zero", minimum=0),
             "scaleDownStabilizationSeconds": integer("HPA scale-down stabilization window", minimum=0),
+            "fallbackReplicas": integer("replicas while the query keeps failing (database unreachable); "
+                                        "0: keep the current count", minimum=0),
         }),
         "autoscaling": autoscaling("CPU HorizontalPodAutoscaler per set when KEDA is off (bounds from the set)",
                                    bounds=False),
@@ -326,6 +328,8 @@ def build_schema() -> Schema:
         }),
         "database": obj("the external PostgreSQL", dict(cidr_target)),
         "externalRedis": obj("the external Redis (when redis.enabled is false)", dict(cidr_target)),
+        "workerEgress": passthrough("more egress rules for the workers, e.g. an OTLP collector "
+                                    "(NetworkPolicyEgressRule list)", "array"),
     })
     monitoring = obj("Prometheus Operator and Grafana hooks", {
         "serviceMonitor": obj("ServiceMonitor per service (PodMonitor for workers with metrics)", {

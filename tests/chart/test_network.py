@@ -135,3 +135,9 @@ def test_hub_route_has_no_request_timeout(ci_renders: dict[str, list[Manifest]])
     assert "timeouts" not in named(manifests, "HTTPRoute", f"{RELEASE}-longrun-gateway")["spec"]["rules"][0]
     config = named(manifests, "ConfigMap", f"{RELEASE}-longrun-config")["data"]
     assert config["LONGRUN_HUB_PUBLIC_URL"] == "https://stream.example.com"
+
+
+def test_extra_worker_egress_is_appended(ci_renders: dict[str, list[Manifest]]) -> None:
+    egress = named(ci_renders["ingress-values.yaml"], "NetworkPolicy", f"{RELEASE}-longrun-worker")["spec"]["egress"]
+    assert len(egress) == 4
+    assert egress[-1]["ports"] == [{"port": 4317, "protocol": "TCP"}]
