@@ -145,7 +145,8 @@ def http_component(name: str, port: int, *, hub: bool) -> Schema:
         "extraEnv": env_list(f"extra environment for the {name}"),
         "podAnnotations": string_map(f"annotations of the {name} pods"),
         **scheduling(),
-        "topologySpreadConstraints": passthrough(f"topology spread of the {name} pods", "array"),
+        "topologySpreadConstraints": passthrough(f"topology spread of the {name} pods (empty: spread over nodes, "
+                                                  "best effort)", "array"),
         "preStopSeconds": integer("pause before SIGTERM while endpoints stop routing to the pod (preStop sleep)"),
         "terminationGracePeriodSeconds": integer(
             "pod grace period" + (" (0: preStopSeconds + hub_shutdown_grace + 10)" if hub else "")),

@@ -130,3 +130,12 @@ def test_development_secrets_are_optional_production_ones_are_not() -> None:
     env = env_of(container(prod, "Deployment", f"{RELEASE}-longrun-gateway"))
     assert env["LONGRUN_API_KEYS"]["secretKeyRef"]["optional"] is False
     assert env["LONGRUN_TOKEN_SECRET"]["secretKeyRef"]["optional"] is False
+
+
+@pytest.mark.parametrize("name", ["gateway", "hub"])
+def test_replicas_spread_over_nodes(ci_renders: dict[str, list[Manifest]], name: str) -> None:
+    deployment = named(ci_renders["default-values.yaml"], "Deployment", f"{RELEASE}-longrun-{name}")
+    (spread,) = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["whenUnsatisfiable"] == "ScheduleAnyway"
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert all(labels[k] == v for k, v in spread["labelSelector"]["matchLabels"].items())
