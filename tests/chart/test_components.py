@@ -69,6 +69,9 @@ def test_flower_probes_and_basic_auth(ci_renders: dict[str, list[Manifest]]) -> 
     manifests = ci_renders["ingress-values.yaml"]
     c = container(manifests, "Deployment", f"{RELEASE}-longrun-flower")
     assert c["readinessProbe"]["httpGet"]["path"] == "/healthcheck"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthcheck"
+    assert c["resources"]["limits"]["memory"]
+    assert named(manifests, "PodDisruptionBudget", f"{RELEASE}-longrun-flower")["spec"]["maxUnavailable"] == 1
     assert c["command"][:6] == ["python", "-m", "celery", "-A", "longrun_worker.entry:app", "flower"]
     env = env_of(c)
     assert env["FLOWER_BASIC_AUTH"] == {"secretKeyRef": {"name": f"{RELEASE}-longrun", "key": "flower-basic-auth",
