@@ -28,14 +28,14 @@ RUN := $(UV) run --no-sync
 ARGS ?=
 PYTEST_ARGS ?=
 
-MYPY_TARGETS := libs/common/src $(wildcard services/*/src)
+MYPY_TARGETS := libs/common/src $(wildcard services/*/src) tests/chart tests/k8s
 
 .PHONY: help up down gateway hub worker flower test lint bench install sync uv redis migrate browsers \
 	test-services clean distclean \
 	helm chart-test test-k8s
 
 help: ## show this list
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # --- running -------------------------------------------------------------------------------------------------
 
@@ -88,8 +88,9 @@ bench: install ## run every bench/*.py in turn (each compares against its baseli
 	done; \
 	if [ $${#failed[@]} -gt 0 ]; then echo "make bench: failed: $${failed[*]}" >&2; exit 1; fi
 
-chart-test: install helm ## lint, render and validate the Helm chart (charts/longrun; also part of `make test`)
-	$(RUN) pytest tests/chart $(PYTEST_ARGS)
+chart-test: install helm test-services ## lint, render and validate the Helm chart (charts/longrun; also in `make test`)
+	@pg_bin=$$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true); \
+	PATH="$$PATH$${pg_bin:+:$$pg_bin}" $(RUN) pytest tests/chart $(PYTEST_ARGS)
 
 test-k8s: install helm ## install the chart into the cluster of KUBECONFIG and check it for real (tests/k8s/README.md)
 	$(RUN) pytest -p no:cacheprovider tests/k8s/cluster_checks.py $(PYTEST_ARGS)

@@ -70,11 +70,10 @@ def passthrough(description: str, kind: str = "object") -> Schema:
     return {"type": kind, "description": description + " (Kubernetes type, passed through)"}
 
 
-QUANTITY: Schema = {"type": ["string", "number"]}
-
-
 def resources(description: str) -> Schema:
-    amounts = {name: QUANTITY for name in ("cpu", "memory", "ephemeral-storage")}
+    amounts: dict[str, Schema] = {
+        name: {"type": ["string", "number"], "description": f"{name} quantity (e.g. {example})"}
+        for name, example in (("cpu", "500m"), ("memory", "512Mi"), ("ephemeral-storage", "1Gi"))}
     return obj(description, {
         "requests": obj("requested amounts", dict(amounts)),
         "limits": obj("limits", dict(amounts)),
@@ -93,8 +92,13 @@ def image(description: str, *, override: bool) -> Schema:
 
 
 def env_list(description: str) -> Schema:
-    return {"type": "array", "description": description + " (list of Kubernetes EnvVar)",
-            "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}
+    # Items carry no description of their own: the values table does not list their fields.
+    item = {"type": "object", "additionalProperties": False, "required": ["name"], "properties": {
+        "name": string("variable name"),
+        "value": string("its value"),
+        "valueFrom": passthrough("where the value comes from (EnvVarSource)"),
+    }}
+    return {"type": "array", "description": description + " (list of Kubernetes EnvVar)", "items": item}
 
 
 def scheduling() -> dict[str, Schema]:
@@ -141,7 +145,8 @@ def http_component(name: str, port: int, *, hub: bool) -> Schema:
         "extraEnv": env_list(f"extra environment for the {name}"),
         "podAnnotations": string_map(f"annotations of the {name} pods"),
         **scheduling(),
-        "topologySpreadConstraints": passthrough(f"topology spread of the {name} pods", "array"),
+        "topologySpreadConstraints": passthrough(f"topology spread of the {name} pods (empty: spread over nodes, "
+                                                  "best effort)", "array"),
         "preStopSeconds": integer("pause before SIGTERM while endpoints stop routing to the pod (preStop sleep)"),
         "terminationGracePeriodSeconds": integer(
             "pod grace period" + (" (0: preStopSeconds + hub_shutdown_grace + 10)" if hub else "")),
@@ -203,12 +208,13 @@ def build_schema() -> Schema:
     secrets = obj("secrets: from an existing Secret, or created by the chart from these values", {
         "existingSecret": string("name of a Secret holding the keys below; when set, nothing is created"),
         **{key: string(f"{meaning}; used when the chart creates the Secret") for key, meaning in secret_keys.items()},
-        "keys": obj("key names inside the Secret",
-                    {key: string(f"key of {meaning.split(' ')[0].rstrip(',')}") for key, meaning in
-                     secret_keys.items()}),
+        "keys": obj("key names inside the Secret", {key: string(f"key holding {what}") for key, what in {
+            "databaseUrl": "LONGRUN_DATABASE_URL", "redisUrl": "LONGRUN_REDIS_URL", "apiKeys": "LONGRUN_API_KEYS",
+            "tokenSecret": "LONGRUN_TOKEN_SECRET", "kedaDatabaseUrl": "the libpq URL for KEDA",
+            "flowerBasicAuth": "FLOWER_BASIC_AUTH"}.items()}),
     })
     worker_set = obj("one worker Deployment: the queues it consumes, its concurrency and resources", {
-        "name": string("set name (DNS label); the Deployment is <release>-longrun-worker-<name>",
+        "name": string("set name (DNS label); the Deployment is RELEASE-longrun-worker-NAME",
                        pattern="^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$"),
         "queues": {"type": "array", "minItems": 1, "uniqueItems": True,
                    "description": "Longrun queues the set consumes (jobs.queue values, without the key prefix)",
@@ -237,6 +243,8 @@ def build_schema() -> Schema:
             "pollingInterval": integer("seconds between queries", minimum=1),
             "cooldownPeriod": integer("seconds after the last active trigger before scaling to zero", minimum=0),
             "scaleDownStabilizationSeconds": integer("HPA scale-down stabilization window", minimum=0),
+            "fallbackReplicas": integer("replicas while the query keeps failing (database unreachable); "
+                                        "0: keep the current count", minimum=0),
         }),
         "autoscaling": autoscaling("CPU HorizontalPodAutoscaler per set when KEDA is off (bounds from the set)",
                                    bounds=False),
@@ -321,6 +329,8 @@ def build_schema() -> Schema:
         }),
         "database": obj("the external PostgreSQL", dict(cidr_target)),
         "externalRedis": obj("the external Redis (when redis.enabled is false)", dict(cidr_target)),
+        "workerEgress": passthrough("more egress rules for the workers, e.g. an OTLP collector "
+                                    "(NetworkPolicyEgressRule list)", "array"),
     })
     monitoring = obj("Prometheus Operator and Grafana hooks", {
         "serviceMonitor": obj("ServiceMonitor per service (PodMonitor for workers with metrics)", {
@@ -348,7 +358,7 @@ def build_schema() -> Schema:
         "additionalProperties": False,
         "properties": {
             "nameOverride": string("replaces the chart name in resource names"),
-            "fullnameOverride": string("replaces <release>-longrun in resource names"),
+            "fullnameOverride": string("replaces RELEASE-longrun in resource names"),
             "image": image("the image every component runs (one image, per-component commands)", override=False),
             "imagePullSecrets": passthrough("image pull secrets (LocalObjectReference list)", "array"),
             "hostNetwork": boolean("pods use the node's network (the podman rehearsal; not for clusters)"),
@@ -356,7 +366,7 @@ def build_schema() -> Schema:
             "podAnnotations": string_map("annotations added to every pod"),
             "serviceAccount": obj("the pods' ServiceAccount", {
                 "create": boolean("create it"),
-                "name": string("its name (empty: <release>-longrun)"),
+                "name": string("its name (empty: RELEASE-longrun)"),
                 "annotations": string_map("its annotations"),
             }),
             "podSecurityContext": passthrough("pod securityContext of every Longrun pod"),
@@ -399,7 +409,7 @@ def rows(schema: Schema, values: Any, prefix: str = "") -> list[tuple[str, str, 
             continue
         kind = prop.get("type", "")
         kind = "/".join(kind) if isinstance(kind, list) else kind
-        if kind == "array" and isinstance(prop.get("items"), dict) and "properties" in prop["items"]:
+        if kind == "array" and isinstance(prop.get("items"), dict) and "description" in prop["items"]:
             out.append((key, kind, _default(value), prop.get("description", "")))
             out.extend(rows(prop["items"], {}, key + "[]."))
             continue

@@ -149,7 +149,3 @@ def containers(manifests: Iterable[Manifest]) -> list[tuple[Manifest, dict[str, 
 
 def env_of(container: Mapping[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
-
-
-def dump(manifests: Iterable[Manifest]) -> str:
-    return yaml.safe_dump_all(list(manifests))

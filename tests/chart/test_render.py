@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 import jsonschema
 import pytest
 
-from .helm import BASE_SET, CHART, CI_VALUES, HelmError, Manifest, run_helm, validate
+from .helm import BASE_SET, CHART, CI_VALUES, ROOT, HelmError, Manifest, run_helm, validate
 
 pytestmark = pytest.mark.unit
 
@@ -69,3 +70,13 @@ def test_required_values_fail_with_a_message() -> None:
     production_without_keys = [f"--set-string={k}={v}" for k, v in BASE_SET.items() if k != "secrets.apiKeys"]
     with pytest.raises(HelmError, match=r"secrets.apiKeys is required"):
         run_helm("template", "x", str(CHART), *production_without_keys)
+
+
+def test_make_targets_exist() -> None:
+    """`make helm`, `make chart-test` and `make test-k8s` exist, and `make test` fetches helm first."""
+    for target in ("helm", "chart-test", "test-k8s"):
+        done = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=30,
+                              check=False)
+        assert done.returncode == 0, f"make -n {target}: {done.stderr}"
+    test_rule = next(line for line in (ROOT / "Makefile").read_text().splitlines() if line.startswith("test:"))
+    assert " helm " in test_rule

@@ -161,3 +161,10 @@ def test_trigger_query_names_the_sets_queues_and_concurrency(ci_renders: dict[st
 def test_queue_names_that_could_break_the_query_are_refused() -> None:
     with pytest.raises(HelmError, match=r"queues"):
         render_base(set_json={"workers.sets": [{"name": "x", "queues": ["a') OR ('1'='1"], "concurrency": 1}]})
+
+
+def test_keda_fallback_only_when_asked(ci_renders: dict[str, list[Manifest]]) -> None:
+    for scaled in by_kind(ci_renders["worker-sets-values.yaml"], "ScaledObject"):
+        assert scaled["spec"]["fallback"] == {"failureThreshold": 3, "replicas": 2}
+    for scaled in by_kind(ci_renders["default-values.yaml"], "ScaledObject"):
+        assert "fallback" not in scaled["spec"]
