@@ -29,16 +29,17 @@ say() { printf '==> %s\n' "$*"; }
 
 ensure_tools() {
     local missing=()
-    for tool in podman runc debootstrap; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+    # catatonit: the pause process of the pods `podman kube play` makes (make rehearse).
+    for tool in podman runc debootstrap catatonit; do command -v "$tool" >/dev/null || missing+=("$tool"); done
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
-        echo "make images: ${missing[*]} missing; install Debian's podman, runc and debootstrap (needs root)" >&2
+        echo "make images: ${missing[*]} missing; install Debian's podman, runc, debootstrap, catatonit (root)" >&2
         exit 1
     fi
     say "installing ${missing[*]} (Debian packages)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends podman runc debootstrap >/dev/null
+    apt-get install -y -qq --no-install-recommends podman runc debootstrap catatonit >/dev/null
 }
 
 base_image() {
