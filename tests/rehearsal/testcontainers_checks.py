@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -73,6 +74,7 @@ def docker_host() -> Iterator[str]:
         yield f"unix://{socket_path}"
     service.terminate()
     service.wait(30)
+    shutil.rmtree(folder, ignore_errors=True)
     left = set(_our_containers()) - before
     assert not left, f"testcontainers left containers behind: {left}"
 
