@@ -82,7 +82,7 @@ print(json.dumps({"implementation_name": sys.implementation.name,
         --pip "$PYTHON -m pip" --uv "$UV"
     cp "$(command -v "$UV")" "$CONTEXT/uv"
     say "podman build localhost/longrun:$TAG (offline: --network none)"
-    podman build --quiet --network none --file images/Containerfile \
+    podman build --quiet --network none --file images/Containerfile --build-arg "VERSION=$TAG" \
         --tag "localhost/longrun:$TAG" --tag localhost/longrun:latest "$CONTEXT" >/dev/null
 }
 
