@@ -169,7 +169,7 @@ def test_makefile_has_every_documented_target() -> None:
     if shutil.which("make") is None:
         pytest.fail("make is not installed")
     targets = ["up", "down", "test", "gateway", "hub", "worker", "flower", "bench", "lint",
-               "install", "sync", "redis", "migrate", "browsers", "clean"]
+               "install", "sync", "redis", "migrate", "browsers", "clean", "images", "rehearse"]
     for target in targets:
         done = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=30,
                               check=False)

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
         5.0, ge=0, le=300, description="a gateway re-reads a SQL key this often: the delay before a revocation bites"
     )
     maintenance: bool = Field(True, description="run the reaper and reconciler in this gateway / worker")
+    migrate_on_start: bool = Field(
+        True, description="gateway and worker migrate the database at start; false: they wait for the schema"
+    )
     reaper_interval: float = Field(1.0, gt=0, description="how often the reaper looks for expired leases")
     # Progress hub (longrun_hub): per-client backpressure, keepalive, lifetime and Redis reconnects.
     hub_queue_size: int = Field(64, ge=1, description="frames queued for one client before progress is coalesced")

@@ -14,7 +14,7 @@ from typing import Any
 
 import uvicorn
 
-from longrun_common.db import migrate
+from longrun_common.db import ensure_schema
 from longrun_common.settings import Settings
 
 from .app import create_app
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
-    migrate(settings)
+    ensure_schema(settings)
     options: dict[str, Any] = {
         "host": settings.bind_host,
         "port": settings.gateway_port,

@@ -8,7 +8,7 @@ import sys
 from celery import Celery
 
 from longrun_common.celery_app import QUEUES
-from longrun_common.db import migrate
+from longrun_common.db import ensure_schema
 from longrun_common.keys import Keys
 from longrun_common.settings import Settings
 
@@ -19,7 +19,7 @@ log = logging.getLogger("longrun_worker")
 
 def main(argv: list[str]) -> int:
     settings = Settings()
-    migrate(settings)
+    ensure_schema(settings)
     app = create_worker_app(settings)
     keys = Keys(settings.key_prefix)
     options = list(argv)
