@@ -179,6 +179,8 @@ env:
     valueFrom: {secretKeyRef: {name: {{ $secret }}, key: {{ $keys.apiKeys }}, optional: {{ $optional }}}}
   - name: LONGRUN_TOKEN_SECRET
     valueFrom: {secretKeyRef: {name: {{ $secret }}, key: {{ $keys.tokenSecret }}, optional: {{ $optional }}}}
+  - name: LONGRUN_API_KEY_PEPPER
+    valueFrom: {secretKeyRef: {name: {{ $secret }}, key: {{ $keys.apiKeyPepper }}, optional: true}}
   # No bytecode writes on the read-only root filesystem; HOME for libraries that want one.
   - {name: PYTHONDONTWRITEBYTECODE, value: "1"}
   - {name: PYTHONUNBUFFERED, value: "1"}

@@ -24,6 +24,9 @@
 {{- if $s.tokenSecret }}
 {{ $s.keys.tokenSecret }}: {{ $s.tokenSecret | quote }}
 {{- end }}
+{{- if $s.apiKeyPepper }}
+{{ $s.keys.apiKeyPepper }}: {{ $s.apiKeyPepper | quote }}
+{{- end }}
 {{- if .Values.workers.keda.enabled }}
 {{ $s.keys.kedaDatabaseUrl }}: {{ include "longrun.kedaDatabaseUrl" . | quote }}
 {{- end }}
