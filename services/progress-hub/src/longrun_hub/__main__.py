@@ -19,6 +19,7 @@ import uvicorn
 from longrun_common.settings import Settings
 
 from .app import create_app
+from .frames import CLIENT_FRAME_MAX
 from .wsprotocol import HubWebSocketProtocol
 
 TOKEN = re.compile(r"((?:^|[?&;\s\"'])(?:access_)?token=)[^&\s\"';]+", re.IGNORECASE)
@@ -84,6 +85,7 @@ def main() -> None:
         ws_ping_interval=ping,
         ws_ping_timeout=settings.hub_ping_timeout if ping else None,
         ws_per_message_deflate=False,  # ~40 KB of zlib state per socket for frames of a few hundred bytes
+        ws_max_size=CLIENT_FRAME_MAX,  # (uvicorn's default is 16 MiB)
         lifespan="on",
         access_log=False,
         backlog=4096,
