@@ -11,6 +11,7 @@ from typing import Any
 import uvicorn
 
 from longrun_common.db import migrate
+from longrun_common.httpserver import server_options
 from longrun_common.settings import Settings
 
 from .app import create_app
@@ -54,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "log_level": "info",
         "access_log": args.access_log,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
+        **server_options(settings),  # request line / header limits and deadline (414 / 431 / 408)
     }
     if args.workers == 1 and MULTIPROC_DIR not in os.environ:
         uvicorn.run(create_app(settings), **options)
