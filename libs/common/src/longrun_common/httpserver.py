@@ -12,7 +12,12 @@ never writes that refusal, so the client hears nothing until its own handshake t
   opened (or after the previous response, once the next request began) 408; each with `Connection: close`
   and the API's error JSON. A connection that sent nothing in that time is closed without an answer.
 - `AnsweringWebSocketsProtocol` (uvicorn's `ws=`): writes the refusal of a handshake websockets could not
-  parse (its 414 / 431, else a 400), then closes.
+  parse (its 414 / 431, else a 400), then closes. And when websockets fails an open socket (a frame over the
+  size limit: 1009, text that is not UTF-8: 1007, a protocol error: 1002), uvicorn wrote the close frame and
+  closed the TCP connection at once, with the rest of the client's frame still unread; the kernel then resets
+  the connection and the client, losing the close frame, sees 1006. It now half-closes instead and reads (and
+  drops) what the client still sends until the client closes too, or for `close_timeout` at most. A text
+  frame that is not UTF-8 is closed 1007 the same way, logged in one line (uvicorn logs a traceback for each).
 
 `server_options(settings)` gives both to `uvicorn.Config` / `uvicorn.run`. Both rely on uvicorn 0.54 internals
 (the parser callbacks and `send_400_response`), hence the pin; anything else is uvicorn's own behaviour.
@@ -153,9 +158,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
 
 class AnsweringWebSocketsProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol, answering a handshake request that websockets refused to parse."""
+    """uvicorn's sans-I/O WebSocket protocol, answering a handshake request that websockets refused to parse
+    and delivering the close code of a socket that websockets failed (see the module docstring)."""
+
+    ended = False  # our side of the stream is ended (failed socket): nothing more is read or written
 
     def data_received(self, data: bytes) -> None:
+        if self.ended:
+            return  # failed: what still comes is dropped (`handle_parser_exception`)
         super().data_received(data)
         conn = self.conn
         if self.handshake_initiated or conn.handshake_exc is None or self.transport.is_closing():
@@ -166,6 +176,51 @@ class AnsweringWebSocketsProtocol(WebSocketsSansIOProtocol):
         self.handshake_initiated = self.handshake_complete = self.close_sent = True
         self.transport.write(written)
         self.transport.close()
+
+
+    def send_receive_event_to_app(self) -> None:
+        if self.curr_msg_data_type != "text":
+            super().send_receive_event_to_app()
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        if self.close_sent:
+            return  # (as uvicorn: the app is past its close)
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            self.logger.info("closing a WebSocket (1007): a text frame that is not UTF-8")
+            self.conn.fail(1007, "text frame is not UTF-8")
+            self.handle_parser_exception()
+            return
+        self.queue.put_nowait({"type": "websocket.receive", "text": text})
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def handle_ping(self) -> None:
+        if not self.ended:  # (a ping read in the same chunk as the failing frame: no pong after the end)
+            super().handle_ping()
+
+    def handle_parser_exception(self) -> None:
+        close = self.conn.close_sent
+        if close is None:  # (websockets failed without a close frame: uvicorn's way)
+            super().handle_parser_exception()
+            return
+        if not self.close_sent:  # else the app's close is out already, and its close timer running
+            self.queue.put_nowait({"type": "websocket.disconnect", "code": close.code, "reason": close.reason})
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.close_sent = True
+        # From here on websockets ignores everything, the client's closing reply too: end our side of the stream
+        # (after the close frame) so that the client, having read both, closes its side without waiting.
+        if self.transport.can_write_eof() and not self.transport.is_closing():
+            self.transport.write_eof()
+            self.ended = True
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        if self.close_timer is None:
+            self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
 
 
 def server_options(settings: Settings) -> dict[str, Any]:

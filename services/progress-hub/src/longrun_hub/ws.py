@@ -74,13 +74,23 @@ class WsConnection(Connection):
         protocol = self._protocol
         return protocol is not None and protocol.send_text_now(text)
 
+    def _closed_by_server(self) -> bool:
+        """uvicorn closed the socket itself (a frame over the limit, text that is not UTF-8) and refuses any
+        further message; the reader learns it from the disconnect message, maybe after the sender tried."""
+        protocol = self._protocol
+        return protocol is not None and protocol.close_sent
+
     async def send_item(self, item: Item) -> None:
+        if self._closed_by_server():
+            raise Disconnected
         try:
             await self._send({"type": "websocket.send", "text": item.text})
         except OSError as exc:  # uvicorn's ClientDisconnected
             raise Disconnected from exc
 
     async def send_close(self, code: int, reason: str) -> None:
+        if self._closed_by_server():
+            raise Disconnected
         try:
             await self._send({"type": "websocket.close", "code": code, "reason": close_reason(reason)})
         except OSError as exc:
