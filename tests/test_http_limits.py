@@ -107,6 +107,17 @@ def test_headers_over_the_limit_are_431(server: Service, upgrade: bool) -> None:
     assert body["error"] == {"code": "headers_too_large", "message": f"request headers larger than {HEADERS_MAX} bytes"}
 
 
+@pytest.mark.parametrize("headers", [
+    "X-Long: " + "h" * 9000 + "\r\n",  # under our limits, over websockets' line limit
+    "".join(f"X-{i}: v\r\n" for i in range(130)),  # over websockets' 128 headers
+], ids=["long-line", "many-headers"])
+def test_websocket_handshakes_websockets_refuses_are_answered(server: Service, headers: str) -> None:
+    """uvicorn hands an upgrade to websockets, whose own limits are tighter; its refusal was never written."""
+    response, took = exchange(server, get("/v1/ws", headers, upgrade=True))
+    assert response.startswith(b"HTTP/1.1 431"), response[:200]
+    assert took < HEADER_TIMEOUT
+
+
 def test_one_endless_header_line_is_431(server: Service) -> None:
     """httptools keeps a header line to itself until it ends: the bound counts the bytes as they arrive."""
     with socket.create_connection(("127.0.0.1", server.port or 0), timeout=10) as sock:
