@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     worker_max_tasks_per_child: int = 200
     default_queue: str = "default"
     bind_host: str = Field("127.0.0.1", description="address the gateway and hub listen on")
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="gateway and hub: a client's request headers must arrive within this (else 408)"
+    )
     idempotency_ttl_seconds: int = Field(24 * 3600, ge=60, description="how long an Idempotency-Key holds")
     cancel_grace_seconds: float = Field(10.0, ge=0, description="after this a running job is cancelled by force")
     drain_seconds: float = Field(20.0, ge=0, description="on SIGTERM, running jobs get this long to finish")

@@ -15,6 +15,7 @@ from typing import Any
 import uvicorn
 
 from longrun_common.db import ensure_schema
+from longrun_common.httpserver import server_options
 from longrun_common.settings import Settings
 
 from .app import create_app
@@ -63,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "log_level": "info",
         "access_log": args.access_log,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
+        **server_options(settings),  # request line / header limits and deadline (414 / 431 / 408)
     }
     if args.workers == 1 and MULTIPROC_DIR not in os.environ:
         uvicorn.run(create_app(settings), **options)
