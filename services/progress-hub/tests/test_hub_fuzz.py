@@ -40,7 +40,7 @@ SEED = int(os.environ.get("HUB_FUZZ_SEED", "20261202"))
 CASES = int(os.environ.get("HUB_FUZZ_CASES", "2500"))
 BUDGET_SECONDS = 45.0  # no new case starts after this (the checks after the cases still run)
 CASE_SECONDS = 5.0
-# DESIGN.md's close codes, plus 1007 (websockets: a text frame that is not UTF-8).
+# The close codes of docs/API.md, plus 1007 (websockets: a text frame that is not UTF-8).
 DOCUMENTED = {1000, 1007, 1008, 1009, 1012, 1013, 4401, 4403, 4404}
 FRAME_TYPES = {"snapshot", "progress", "status", "error", "end", "reconnect"}
 ANSWER_MAX = 4096  # a hub frame answering a client frame never grows with what the client sent

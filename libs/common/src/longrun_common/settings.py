@@ -16,7 +16,7 @@ DEV_TOKEN_SECRET = "longrun-dev-token-secret-change-me-in-production"
 
 
 class Settings(BaseSettings):
-    """One name per setting, as ../shared/DESIGN.md lists them; extras are Longrun-internal tuning."""
+    """One name per setting, as the README's Configuration section lists them; extras are Longrun-internal tuning."""
 
     model_config = SettingsConfigDict(env_prefix="LONGRUN_", extra="ignore")
 

@@ -2,7 +2,7 @@
 
 Each connection is two coroutines: the ASGI task drains the outbox into the socket, and a reader task
 notices the client leaving (and, on the multiplexed socket, handles subscribe / unsubscribe). Close codes
-need an accepted socket, so every refusal is accept-then-close with the code of DESIGN.md.
+need an accepted socket, so every refusal is accept-then-close with the code of docs/API.md.
 
 The two are tied together: the sender only learns that the client left from the reader, so a reader that
 ended without saying so (an exception from a frame) would leave a sender waiting forever on a socket nobody
