@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .strength import weakness
+
 DEV_API_KEYS = "dev:dev-key"
 # Tenant names become folder names (uploads) and key parts, so they are kept plain.
 TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -76,17 +78,31 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _dev_defaults(self) -> Settings:
         if self.env == "production":
-            if not self.api_keys or self.api_keys == DEV_API_KEYS:
-                raise ValueError("LONGRUN_API_KEYS must be set to real keys when LONGRUN_ENV=production")
-            if not self.token_secret or self.token_secret == DEV_TOKEN_SECRET:
-                raise ValueError("LONGRUN_TOKEN_SECRET must be set to a real secret when LONGRUN_ENV=production")
-            if len(self.token_secret) < 32:
-                raise ValueError("LONGRUN_TOKEN_SECRET must be at least 32 characters in production")
+            self._check_production_secrets()
         else:
             self.api_keys = self.api_keys or DEV_API_KEYS
             self.token_secret = self.token_secret or DEV_TOKEN_SECRET
         _ = self.tenant_by_key  # parse now so a malformed value fails at start-up, not on first request
         return self
+
+    def _check_production_secrets(self) -> None:
+        """Every key and the token secret must be a real, strong secret; errors name the entry, never the value."""
+        if not self.api_keys or self.api_keys == DEV_API_KEYS:
+            raise ValueError("LONGRUN_API_KEYS must be set to real keys when LONGRUN_ENV=production")
+        if not self.token_secret or self.token_secret == DEV_TOKEN_SECRET:
+            raise ValueError("LONGRUN_TOKEN_SECRET must be set to a real secret when LONGRUN_ENV=production")
+        for key, tenant in self.tenant_by_key.items():
+            problem = weakness(key)
+            if problem:
+                raise ValueError(
+                    f"LONGRUN_API_KEYS: the key of tenant {tenant!r} {problem} (LONGRUN_ENV=production; "
+                    f"generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+                )
+        problem = weakness(self.token_secret)
+        if problem:
+            raise ValueError(f"LONGRUN_TOKEN_SECRET {problem} (LONGRUN_ENV=production)")
+        if self.token_secret in self.tenant_by_key:
+            raise ValueError("LONGRUN_TOKEN_SECRET must not also be an API key (LONGRUN_ENV=production)")
 
     @cached_property
     def tenant_by_key(self) -> dict[str, str]:
