@@ -7,6 +7,8 @@ import threading
 from typing import Any
 
 from celery import Celery, Task, signals
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.worker.request import Request
 from sqlmodel import Session, select
 
 from longrun_common.celery_app import create_celery
@@ -21,6 +23,7 @@ from .api import REGISTRY, TaskDefinition
 from .catalog import register_catalog
 from .resources import Resources, get_resources, reset_resources
 from .runner import run_attempt
+from .timeouts import end_timed_out_attempt, request_class
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +32,23 @@ def create_worker_app(settings: Settings) -> Celery:
     """A Celery app that runs every registered Longrun task."""
     check_visibility_timeout(settings)
     app = create_celery(settings)
+    request = request_class(settings, app)
     for definition in REGISTRY.values():
-        _register(app, settings, definition)
+        _register(app, settings, definition, request)
     _connect_process_hooks(app, settings)
     return app
 
 
-def _register(app: Celery, settings: Settings, definition: TaskDefinition) -> None:
+def _register(app: Celery, settings: Settings, definition: TaskDefinition, request: type[Request]) -> None:
     def run(self: Task, job_id: str, attempt: int = 1) -> None:
-        run_attempt(self, definition, get_resources(settings, app), job_id, attempt)
+        res = get_resources(settings, app)
+        try:
+            run_attempt(self, definition, res, job_id, attempt)
+        except SoftTimeLimitExceeded:
+            # The soft limit fired outside the task's own code (before it began, or while the runner recorded
+            # an outcome): the attempt still ends, or the job would wait for a message that was acknowledged.
+            worker = str(self.request.hostname or "worker")
+            end_timed_out_attempt(res, job_id, attempt, worker, "soft time limit exceeded before the task ran")
 
     run.__name__ = run.__qualname__ = definition.name.replace(".", "_")
     run.__doc__ = definition.description
@@ -48,6 +59,7 @@ def _register(app: Celery, settings: Settings, definition: TaskDefinition) -> No
         max_retries=None,  # the job's own attempt budget decides; Celery only carries the retry message
         acks_late=True,
         reject_on_worker_lost=True,
+        Request=request,  # records hard timeouts, releases the claim on ack (timeouts.py)
         soft_time_limit=definition.policy.soft_time_limit,
         # Every job has a hard limit, so none can outlive the broker's visibility timeout and be redelivered
         # while it still runs.
