@@ -255,8 +255,12 @@ def _add_options(schema: dict[str, Any]) -> None:
     for operations in schema.get("paths", {}).values():
         methods = [m.upper() for m in _METHODS if m in operations]
         allow = allow_header(set(methods))
+        # A templated path's parameters must be declared by every operation on it (an OpenAPI rule).
+        parameters = {p["name"]: p for m in methods for p in operations[m.lower()].get("parameters", [])
+                      if p.get("in") == "path"}
         operations["options"] = {
             "summary": "Methods of this path",
+            "parameters": list(parameters.values()),
             "operationId": f"options_{'_'.join(operations[m.lower()]['operationId'] for m in methods)}",
             "responses": {"204": {
                 "description": f"no body; `Allow: {allow}`",
