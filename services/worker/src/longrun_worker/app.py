@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from celery import Celery, Task, signals
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.worker.request import Request
 from sqlmodel import Session, select
 
@@ -41,14 +42,26 @@ def create_worker_app(settings: Settings) -> Celery:
 
 def _register(app: Celery, settings: Settings, definition: TaskDefinition, request: type[Request]) -> None:
     def run(self: Task, job_id: str, attempt: int = 1) -> None:
-        res = get_resources(settings, app)
+        started = time.monotonic()
         try:
-            run_attempt(self, definition, res, job_id, attempt)
-        except SoftTimeLimitExceeded:
-            # The soft limit fired outside the task's own code (before it began, or while the runner recorded
-            # an outcome): the attempt still ends, or the job would wait for a message that was acknowledged.
+            run_attempt(self, definition, get_resources(settings, app), job_id, attempt)
+        except Retry:
+            raise
+        except Exception as exc:
+            # A soft limit is a signal: it can interrupt a SQL or Redis command and leave its connection
+            # mid-protocol (psycopg: "another command is already in progress"), so nothing below trusts them.
+            reset_resources()
+            if not (_is_soft_limit(exc) or _soft_limit_passed(self, started)):
+                raise
+            # It fired outside the task's own code (before it began, or while the runner recorded an outcome,
+            # whose writes then failed): the attempt still ends, or the job would wait for a message that was
+            # acknowledged.
             worker = str(self.request.hostname or "worker")
-            end_timed_out_attempt(res, job_id, attempt, worker, "soft time limit exceeded before the task ran")
+            end_timed_out_attempt(get_resources(settings, app), job_id, attempt, worker,
+                                  "soft time limit exceeded outside the task's code")
+        finally:
+            if _soft_limit_passed(self, started):
+                reset_resources()  # the next message this process runs starts on clean connections
 
     run.__name__ = run.__qualname__ = definition.name.replace(".", "_")
     run.__doc__ = definition.description
@@ -65,6 +78,26 @@ def _register(app: Celery, settings: Settings, definition: TaskDefinition, reque
         # while it still runs.
         time_limit=definition.policy.time_limit or definition.policy.max_time_limit,
     )(run)
+
+
+def _is_soft_limit(exc: BaseException) -> bool:
+    """SoftTimeLimitExceeded, also when SQLAlchemy wrapped it (StatementError) or it caused another error."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, SoftTimeLimitExceeded) or isinstance(getattr(current, "orig", None),
+                                                                    SoftTimeLimitExceeded):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _soft_limit_passed(task: Task, started: float) -> bool:
+    """Whether this message's soft limit (its own, or the task's default) has fired by now."""
+    limits = getattr(task.request, "timelimit", None) or (None, None)
+    soft = limits[1] if len(limits) > 1 and limits[1] else task.soft_time_limit
+    return bool(soft) and time.monotonic() - started >= float(soft)
 
 
 def check_visibility_timeout(settings: Settings) -> None:

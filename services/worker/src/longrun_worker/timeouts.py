@@ -12,7 +12,8 @@ stays unwritten, and nothing else would ever write it:
 
 So the main process, which sees every hard timeout, records it as the end of that attempt: `timeout`, then a
 retry or a failure by the task's policy, exactly as if the task had raised. A soft limit that fires before the
-task's own code (outside the runner's `try`) takes the same path in the child. And when a message is
+task's own code takes the same path in the child (app.py), or, when it fired in Celery's code before the task
+function was called, in the main process (`on_failure`). And when a message is
 acknowledged, the claim it recorded is dropped, so the reconciler never again mistakes an acknowledged
 message for one a live worker still holds.
 """
@@ -25,6 +26,7 @@ import time
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker.request import Request
 
 from longrun_common.catalog import TaskPolicy
@@ -99,12 +101,22 @@ def request_class(settings: Settings, app: Celery) -> type[Request]:
             super().on_timeout(soft, timeout)
             if soft:
                 return  # the child raises SoftTimeLimitExceeded, and the runner records it
+            self._record(f"hard time limit of {timeout:g}s exceeded; the worker process was killed")
+
+        def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+            super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+            # A soft limit that fired in Celery's own code, before the task function was even called.
+            exc = getattr(exc_info, "exception", None)
+            exc = getattr(exc, "exc", exc)  # unwrap billiard's ExceptionWithTraceback
+            if isinstance(exc, SoftTimeLimitExceeded):
+                self._record("soft time limit exceeded before the task ran")
+
+        def _record(self, message: str) -> None:
             job_id, attempt = _job_of(self.kwargs)
-            if job_id is None:
-                return
-            # Off the consumer's event loop: SQL may be slow, and the child must be dead first.
-            threading.Thread(target=_record_hard_timeout, name="longrun-timeout", daemon=True,
-                             args=(settings, app, job_id, attempt, str(self.hostname), timeout)).start()
+            if job_id is not None:
+                # Off the consumer's event loop: SQL may be slow, and the child must be done first.
+                threading.Thread(target=_record_timeout, name="longrun-timeout", daemon=True,
+                                 args=(settings, app, job_id, attempt, str(self.hostname), message)).start()
 
         def acknowledge(self) -> None:
             super().acknowledge()
@@ -127,11 +139,9 @@ def _job_of(kwargs: Any) -> tuple[str | None, int]:
     return str(kwargs["job_id"]), int(kwargs.get("attempt", 1))
 
 
-def _record_hard_timeout(settings: Settings, app: Celery, job_id: str, attempt: int, worker: str,
-                         limit: float) -> None:
+def _record_timeout(settings: Settings, app: Celery, job_id: str, attempt: int, worker: str, message: str) -> None:
     time.sleep(SETTLE_SECONDS)
-    message = f"hard time limit of {limit:g}s exceeded; the worker process was killed"
     try:
         end_timed_out_attempt(get_resources(settings, app), job_id, attempt, worker, message)
     except Exception:  # SQL or Redis down: the reaper (running job) or the reconciler (claim released) repairs
-        log.exception("could not record the hard timeout of job %s attempt %s", job_id, attempt)
+        log.exception("could not record the time limit of job %s attempt %s", job_id, attempt)
