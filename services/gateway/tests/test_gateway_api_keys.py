@@ -254,7 +254,7 @@ async def test_malformed_ids_are_404_and_not_echoed_at_length(client: httpx.Asyn
 
 async def test_openapi_documents_the_admin_routes_and_their_errors(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
-    envelope = spec["components"]["schemas"]["ErrorEnvelope"]
+    envelope = spec["components"]["schemas"]["Error"]
     assert envelope["required"] == ["error"]
     expected = {
         ("post", KEYS): {"201", "401", "403", "413", "422", "503"},
@@ -269,7 +269,7 @@ async def test_openapi_documents_the_admin_routes_and_their_errors(client: httpx
         for status, documented in responses.items():
             schema = documented["content"]["application/json"]["schema"]
             if status.startswith(("4", "5")):
-                assert schema == {"$ref": "#/components/schemas/ErrorEnvelope"}, (method, path, status)
+                assert schema == {"$ref": "#/components/schemas/Error"}, (method, path, status)
     assert "key" not in spec["components"]["schemas"]["KeyView"]["properties"]
 
 

@@ -95,15 +95,28 @@ BAD_JOB_BODIES = [
     (b'{"task": "demo.steps", "args": {"steps": 1}, "queue": "no spaces"}', "queue: String should match pattern"),
     (
         b'{"task": "demo.steps", "args": {"steps": 1}, "time_limit": 0}',
-        "time_limit: Input should be greater than 0",
+        "time_limit: 0 is outside the allowed range of 1 to 3600 seconds",
     ),
     (b'{"task": "demo.steps", "args": {"steps": 1}, "time_limit": "soon"}', "time_limit: Input should be a valid"),
+    # The adversarial run's limits: accepted once, they stranded or looped jobs in the worker.
+    (
+        b'{"task": "demo.steps", "args": {"steps": 1}, "time_limit": 0.001}',
+        "time_limit: 0.001 is outside the allowed range of 1 to 3600 seconds",
+    ),
+    (
+        b'{"task": "demo.steps", "args": {"steps": 1}, "time_limit": 5e-324}',
+        "time_limit: 4.94066e-324 is outside the allowed range of 1 to 3600 seconds",
+    ),
+    (
+        b'{"task": "demo.steps", "args": {"steps": 1}, "soft_time_limit": 0.5}',
+        "soft_time_limit: 0.5 is outside the allowed range of 1 to 3600 seconds",
+    ),
     (b'{"task": "demo.steps", "args": {"steps": 0}}', "args.steps: 0 is less than the minimum of 1"),
     (b'{"task": "demo.steps", "args": {}}', "args.steps: 'steps' is a required property"),
     (b'{"task": "demo.steps", "args": {"steps": 2, "speed": 9}}', "args: Additional properties are not allowed"),
     (
         b'{"task": "demo.steps", "args": {"steps": 2}, "time_limit": 3601}',
-        "time_limit: 3601 is above this task's maximum of 3600 seconds",
+        "time_limit: 3601 is outside the allowed range of 1 to 3600 seconds",
     ),
     (
         b'{"task": "demo.steps", "args": {"steps": 2}, "soft_time_limit": 900}',

@@ -114,7 +114,19 @@ def test_time_limits_within_policy() -> None:
     assert time_limits(JobRequest(task="t", time_limit=3600), policy) == (300, 3600)
     with pytest.raises(ApiError) as exc:
         time_limits(JobRequest(task="t", time_limit=3601), policy)
-    assert problems(exc) == ["time_limit: 3601 is above this task's maximum of 3600 seconds"]
+    assert problems(exc) == ["time_limit: 3601 is outside the allowed range of 1 to 3600 seconds"]
+    # The adversarial run's tiny limits, and every other value outside the range, name the field and range.
+    for name in ("time_limit", "soft_time_limit"):
+        for value in (0.001, 5e-324, 0.0, -1.0, 0.999, float("nan"), float("inf"), 3600.5):
+            with pytest.raises(ApiError) as exc:
+                time_limits(JobRequest.model_validate({"task": "t", name: value}), policy)
+            assert problems(exc)[0].startswith(f"{name}: "), (name, value)
+            assert problems(exc)[0].endswith("is outside the allowed range of 1 to 3600 seconds"), (name, value)
+    assert time_limits(JobRequest(task="t", soft_time_limit=1, time_limit=1.5), policy) == (1, 1.5)
+    # The ceiling stays below the broker's visibility timeout, whatever the task's policy says.
+    with pytest.raises(ApiError) as exc:
+        time_limits(JobRequest(task="t", time_limit=3000), policy, visibility_timeout=3000)
+    assert problems(exc) == ["time_limit: 3000 is outside the allowed range of 1 to 2940 seconds"]
     with pytest.raises(ApiError) as exc:
         time_limits(JobRequest(task="t", soft_time_limit=700), policy)  # above the policy's hard limit
     assert problems(exc) == ["soft_time_limit: soft_time_limit (700) must be below time_limit (600)"]

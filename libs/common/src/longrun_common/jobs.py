@@ -278,12 +278,23 @@ class JobStore:
 
     def begin_attempt(self, job_id: str, attempt: int, worker: str) -> bool:
         """Queued/retrying → running for exactly one taker of `attempt`; records the attempt."""
+        only_from = (JobStatus.QUEUED, JobStatus.RETRYING)
+        for source in only_from:
+            check_transition(source, JobStatus.RUNNING)
         stamp = utcnow()
-        values = {"worker": worker, "next_retry_at": None, "started_at": func.coalesce(Job.started_at, stamp)}
-        if not self.transition(job_id, attempt, JobStatus.RUNNING,
-                               only_from=(JobStatus.QUEUED, JobStatus.RETRYING), values=values):
-            return False
+        # One transaction: a process killed in between (a hard time limit) must not leave a running job
+        # without its attempt row, which the attempt's ending would then never update.
         with self.session() as session:
+            result = session.execute(
+                update(Job)
+                .where(col(Job.id) == job_id, col(Job.attempt) == attempt,
+                       col(Job.status).in_([s.value for s in only_from]))
+                .values(status=JobStatus.RUNNING.value, updated_at=stamp, worker=worker, next_retry_at=None,
+                        started_at=func.coalesce(Job.started_at, stamp))
+            )
+            if not getattr(result, "rowcount", 0):
+                session.rollback()
+                return False
             session.add(Attempt(job_id=job_id, number=attempt, worker=worker, started_at=stamp))
             session.commit()
         return True

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .strength import weakness
+
 DEV_API_KEYS = "dev:dev-key"
 # Tenant names become folder names (uploads) and key parts, so they are kept plain.
 TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -87,12 +89,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _dev_defaults(self) -> Settings:
         if self.env == "production":
-            if not self.api_keys or self.api_keys == DEV_API_KEYS:
-                raise ValueError("LONGRUN_API_KEYS must be set to real keys when LONGRUN_ENV=production")
-            if not self.token_secret or self.token_secret == DEV_TOKEN_SECRET:
-                raise ValueError("LONGRUN_TOKEN_SECRET must be set to a real secret when LONGRUN_ENV=production")
-            if len(self.token_secret) < 32:
-                raise ValueError("LONGRUN_TOKEN_SECRET must be at least 32 characters in production")
+            self._check_production_secrets()
         else:
             self.api_keys = self.api_keys or DEV_API_KEYS
             self.token_secret = self.token_secret or DEV_TOKEN_SECRET
@@ -105,6 +102,29 @@ class Settings(BaseSettings):
         if self.api_key_pepper and len(self.api_key_pepper) < 32:
             raise ValueError("LONGRUN_API_KEY_PEPPER must be at least 32 characters (or unset)")
         return self
+
+    def _check_production_secrets(self) -> None:
+        """Every key and the token secret must be a real, strong secret; errors name the entry, never the value."""
+        # Empty LONGRUN_API_KEYS is fine: production keys live hashed in SQL (`python -m longrun_gateway keys`).
+        if self.api_keys == DEV_API_KEYS:
+            raise ValueError("LONGRUN_API_KEYS must not be the development value when LONGRUN_ENV=production")
+        if not self.token_secret or self.token_secret == DEV_TOKEN_SECRET:
+            raise ValueError("LONGRUN_TOKEN_SECRET must be set to a real secret when LONGRUN_ENV=production")
+        for key, tenant in self.tenant_by_key.items():
+            problem = weakness(key)
+            if problem:
+                raise ValueError(
+                    f"LONGRUN_API_KEYS: the key of tenant {tenant!r} {problem} (LONGRUN_ENV=production; "
+                    f"generate one with `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+                )
+        problem = weakness(self.token_secret)
+        if problem:
+            raise ValueError(f"LONGRUN_TOKEN_SECRET {problem} (LONGRUN_ENV=production)")
+        if self.token_secret in self.tenant_by_key:
+            raise ValueError("LONGRUN_TOKEN_SECRET must not also be an API key (LONGRUN_ENV=production)")
+        problem = weakness(self.api_key_pepper) if self.api_key_pepper else None
+        if problem:
+            raise ValueError(f"LONGRUN_API_KEY_PEPPER {problem} (LONGRUN_ENV=production)")
 
     @cached_property
     def tenant_by_key(self) -> dict[str, str]:

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from longrun_common.settings import Settings
 
+from .contract import install_openapi
 from .errors import install_error_handlers
 from .metrics import Metrics
 from .middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -36,6 +37,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_openapi(app)
     # Outermost last: metrics see every response, including a 413 from the body limit.
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -12,10 +12,13 @@ import kombu.exceptions
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
+
+from .contract import allow_header
 
 log = logging.getLogger(__name__)
 
@@ -141,13 +144,33 @@ def _jsonable(value: Any) -> Any:
 # --- handlers --------------------------------------------------------------------------------------------
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        # Starlette's `Allow` names only the first route of the path (POST of /v1/jobs); list them all.
+        allow = allow_header(_path_methods(request))
+        if request.method == "OPTIONS":
+            return Response(status_code=204, headers={"Allow": allow})
+        message = f"{request.method} is not allowed here; allowed: {allow}"
+        return error_response(405, CODES[405], message, {"allowed": allow.split(", ")}, {"Allow": allow})
     if isinstance(exc, ApiError):
         return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
     code = CODES.get(exc.status_code, "error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
     return error_response(exc.status_code, code, message, None, exc.headers)
+
+
+_PROBED_METHODS = ("GET", "PUT", "POST", "DELETE", "PATCH", "HEAD")
+
+
+def _path_methods(request: Request) -> set[str]:
+    """The methods some route fully matches for this path (asked of the router: included routers nest)."""
+    routes = request.app.router.routes
+    return {
+        method
+        for method in _PROBED_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    }
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

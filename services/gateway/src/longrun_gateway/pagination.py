@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +21,8 @@ T = TypeVar("T")
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+# Row ids are UUIDs; anything outside this alphabet (NUL, control characters) could not be compared in SQL.
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -41,13 +44,13 @@ class Cursor:
             raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
             at_text, ident = json.loads(raw)
             at = datetime.fromisoformat(at_text)
-            if not isinstance(ident, str) or not ident or len(ident) > 64:
+            if not isinstance(ident, str) or not _ID.fullmatch(ident):
                 raise ValueError("bad id")
-        except (binascii.Error, UnicodeDecodeError, ValueError, TypeError):
+            # An offset can move a timestamp past datetime's range (0001-01-01T00:00+14:00): OverflowError.
+            at = (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC)
+        except (binascii.Error, UnicodeDecodeError, ValueError, TypeError, OverflowError, RecursionError):
             raise invalid("cursor", "invalid cursor; pass the next_cursor of a previous page", value=value) from None
-        if at.tzinfo is None:
-            at = at.replace(tzinfo=UTC)
-        return cls(at.astimezone(UTC), ident)
+        return cls(at, ident)
 
 
 def page(

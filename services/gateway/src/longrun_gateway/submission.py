@@ -39,6 +39,11 @@ CATALOG_TTL_SECONDS = 5.0
 # A submission while no worker has registered the catalog yet is told to come back this many seconds later.
 CATALOG_EMPTY_RETRY_AFTER = 5
 _SCHEMA_ERRORS = (SchemaError, re.error, TypeError, ValueError)
+# The shortest time limit a job may ask for. Below it the limit fires while the worker is still setting the
+# attempt up (reading SQL, publishing `running`), so the job could only ever time out.
+MIN_TIME_LIMIT = 1.0
+# A job's hard limit stays this far below the broker's visibility timeout (see time_limits).
+VISIBILITY_MARGIN = 60.0
 
 
 class JobRequest(BaseModel):
@@ -50,8 +55,11 @@ class JobRequest(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict)
     queue: str | None = Field(None, pattern=QUEUE_PATTERN)
     priority: int = Field(0, ge=0, le=9)
-    soft_time_limit: float | None = Field(None, gt=0)
-    time_limit: float | None = Field(None, gt=0)
+    # Range-checked against the task's policy in time_limits(), which names the allowed range in its 422.
+    soft_time_limit: float | None = Field(None, description=f"seconds; at least {MIN_TIME_LIMIT:g}, at most the "
+                                          "task's max_time_limit, below time_limit")
+    time_limit: float | None = Field(None, description=f"seconds; at least {MIN_TIME_LIMIT:g}, at most the task's "
+                                     "max_time_limit")
 
     def digest(self) -> str:
         """sha256 of the canonical JSON of the request (sorted keys, defaults filled in)."""
@@ -187,14 +195,24 @@ def _invalid_schema(task: str) -> ApiError:
     )
 
 
-def time_limits(request: JobRequest, policy: TaskPolicy) -> tuple[float | None, float | None]:
-    """The job's (soft, hard) limits: asked-for values within policy bounds, defaults from the policy."""
-    bound = policy.max_time_limit
+def time_limits(
+    request: JobRequest, policy: TaskPolicy, visibility_timeout: float | None = None
+) -> tuple[float | None, float | None]:
+    """The job's (soft, hard) limits: asked-for values within [MIN_TIME_LIMIT, ceiling], defaults from the policy.
+
+    The ceiling is the task's max_time_limit, and stays VISIBILITY_MARGIN below the broker's visibility timeout
+    so a job's hard limit always fires before Redis would hand its message to a second worker.
+    """
+    ceiling = policy.max_time_limit
+    if visibility_timeout is not None:
+        ceiling = min(ceiling, visibility_timeout - VISIBILITY_MARGIN)
     for name in ("soft_time_limit", "time_limit"):
         value = getattr(request, name)
-        if value is not None and value > bound:
+        if value is not None and not MIN_TIME_LIMIT <= value <= ceiling:  # NaN fails too
             raise invalid(
-                name, f"{value:g} is above this task's maximum of {bound:g} seconds", value=value, maximum=bound
+                name,
+                f"{value:g} is outside the allowed range of {MIN_TIME_LIMIT:g} to {ceiling:g} seconds",
+                value=value, minimum=MIN_TIME_LIMIT, maximum=ceiling,
             )
     soft = request.soft_time_limit if request.soft_time_limit is not None else policy.soft_time_limit
     hard = request.time_limit if request.time_limit is not None else policy.time_limit
@@ -212,7 +230,7 @@ def build_job(gateway: Gateway, tenant: str, request: JobRequest) -> Job:
     task = gateway.catalog.get(request.task)
     check_args(task, request.args)
     policy = task.policy
-    soft, hard = time_limits(request, policy)
+    soft, hard = time_limits(request, policy, gateway.settings.visibility_timeout)
     return Job(
         tenant=tenant,
         task=request.task,

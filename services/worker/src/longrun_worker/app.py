@@ -8,6 +8,8 @@ import time
 from typing import Any
 
 from celery import Celery, Task, signals
+from celery.exceptions import Retry, SoftTimeLimitExceeded
+from celery.worker.request import Request
 from sqlmodel import Session, select
 
 from longrun_common.celery_app import create_celery
@@ -22,6 +24,7 @@ from .api import REGISTRY, TaskDefinition
 from .catalog import register_catalog
 from .resources import Resources, get_resources, reset_resources
 from .runner import run_attempt
+from .timeouts import end_timed_out_attempt, request_class
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +34,35 @@ def create_worker_app(settings: Settings) -> Celery:
     check_visibility_timeout(settings)
     broker.install()  # keeps the worker alive through Redis outages (kombu defect, see broker.py)
     app = create_celery(settings)
+    request = request_class(settings, app)
     for definition in REGISTRY.values():
-        _register(app, settings, definition)
+        _register(app, settings, definition, request)
     _connect_process_hooks(app, settings)
     return app
 
 
-def _register(app: Celery, settings: Settings, definition: TaskDefinition) -> None:
+def _register(app: Celery, settings: Settings, definition: TaskDefinition, request: type[Request]) -> None:
     def run(self: Task, job_id: str, attempt: int = 1) -> None:
-        run_attempt(self, definition, get_resources(settings, app), job_id, attempt)
+        started = time.monotonic()
+        try:
+            run_attempt(self, definition, get_resources(settings, app), job_id, attempt)
+        except Retry:
+            raise
+        except Exception as exc:
+            # A soft limit is a signal: it can interrupt a SQL or Redis command and leave its connection
+            # mid-protocol (psycopg: "another command is already in progress"), so nothing below trusts them.
+            reset_resources()
+            if not (_is_soft_limit(exc) or _soft_limit_passed(self, started)):
+                raise
+            # It fired outside the task's own code (before it began, or while the runner recorded an outcome,
+            # whose writes then failed): the attempt still ends, or the job would wait for a message that was
+            # acknowledged.
+            worker = str(self.request.hostname or "worker")
+            end_timed_out_attempt(get_resources(settings, app), job_id, attempt, worker,
+                                  "soft time limit exceeded outside the task's code")
+        finally:
+            if _soft_limit_passed(self, started):
+                reset_resources()  # the next message this process runs starts on clean connections
 
     run.__name__ = run.__qualname__ = definition.name.replace(".", "_")
     run.__doc__ = definition.description
@@ -50,11 +73,32 @@ def _register(app: Celery, settings: Settings, definition: TaskDefinition) -> No
         max_retries=None,  # the job's own attempt budget decides; Celery only carries the retry message
         acks_late=True,
         reject_on_worker_lost=True,
+        Request=request,  # records hard timeouts, releases the claim on ack (timeouts.py)
         soft_time_limit=definition.policy.soft_time_limit,
         # Every job has a hard limit, so none can outlive the broker's visibility timeout and be redelivered
         # while it still runs.
         time_limit=definition.policy.time_limit or definition.policy.max_time_limit,
     )(run)
+
+
+def _is_soft_limit(exc: BaseException) -> bool:
+    """SoftTimeLimitExceeded, also when SQLAlchemy wrapped it (StatementError) or it caused another error."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, SoftTimeLimitExceeded) or isinstance(getattr(current, "orig", None),
+                                                                    SoftTimeLimitExceeded):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _soft_limit_passed(task: Task, started: float) -> bool:
+    """Whether this message's soft limit (its own, or the task's default) has fired by now."""
+    limits = getattr(task.request, "timelimit", None) or (None, None)
+    soft = limits[1] if len(limits) > 1 and limits[1] else task.soft_time_limit
+    return bool(soft) and time.monotonic() - started >= float(soft)
 
 
 def check_visibility_timeout(settings: Settings) -> None:

@@ -28,6 +28,7 @@ from longrun_common.apikeys import (
 )
 from longrun_common.models import ApiKey
 
+from ..contract import error_responses
 from ..deps import TEXT_PATTERN, AdminDep, GatewayDep, SessionDep, json_body
 from ..errors import ApiError, not_found
 from ..pagination import DEFAULT_LIMIT, MAX_LIMIT, page
@@ -101,33 +102,6 @@ class KeyPage(BaseModel):
     next_cursor: str | None
 
 
-class ErrorInfo(BaseModel):
-    code: str
-    message: str
-    details: Any = None
-
-
-class ErrorEnvelope(BaseModel):
-    """Every error: `{"error": {"code", "message", "details"}}`."""
-
-    error: ErrorInfo
-
-
-_DESCRIPTIONS = {
-    401: "missing, malformed, unknown, expired or revoked API key",
-    403: "the API key lacks the `admin` scope",
-    404: "no such key in the caller's tenant",
-    409: "the key's state forbids this (already rotated, revoked or expired)",
-    413: "body too large",
-    422: "invalid input; `details` names each field",
-    503: "the database is unavailable",
-}
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorEnvelope, "description": _DESCRIPTIONS[code]} for code in codes}
-
-
 def _body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"content": {"application/json": {"schema": model.model_json_schema()}}}}
 
@@ -155,7 +129,7 @@ def _checked_id(key_id: str) -> str:
     status_code=201,
     response_model=CreatedKey,
     openapi_extra={"requestBody": {"required": True, **_body(CreateKey)["requestBody"]}},
-    responses=_errors(401, 403, 413, 422, 503),
+    responses=error_responses(401, 403, 413, 422, 503),
 )
 def create_key(admin: AdminDep, gateway: GatewayDep, body: CreateKeyDep) -> JSONResponse:
     """A new key for the caller's tenant; the response carries the key, which is never shown again."""
@@ -166,7 +140,7 @@ def create_key(admin: AdminDep, gateway: GatewayDep, body: CreateKeyDep) -> JSON
     return JSONResponse({**public_view(row), "key": key}, status_code=201, headers=location)
 
 
-@router.get("", response_model=KeyPage, responses=_errors(401, 403, 422, 503))
+@router.get("", response_model=KeyPage, responses=error_responses(401, 403, 422, 503))
 def list_keys(
     admin: AdminDep,
     session: SessionDep,
@@ -180,7 +154,7 @@ def list_keys(
 
 
 # 422 is listed on the `{key_id}` routes only because FastAPI would otherwise document its own 422 shape there.
-@router.get("/{key_id}", response_model=KeyView, responses=_errors(401, 403, 404, 422, 503))
+@router.get("/{key_id}", response_model=KeyView, responses=error_responses(401, 403, 404, 422, 503))
 def get_key(key_id: str, admin: AdminDep, gateway: GatewayDep) -> JSONResponse:
     """One of the tenant's keys."""
     try:
@@ -194,7 +168,7 @@ def get_key(key_id: str, admin: AdminDep, gateway: GatewayDep) -> JSONResponse:
     status_code=201,
     response_model=RotatedKey,
     openapi_extra=_body(RotateKey),
-    responses=_errors(401, 403, 404, 409, 413, 422, 503),
+    responses=error_responses(401, 403, 404, 409, 413, 422, 503),
 )
 def rotate_key(key_id: str, admin: AdminDep, gateway: GatewayDep, body: RotateKeyDep) -> JSONResponse:
     """A successor key (same name and scopes); the old one keeps working for `grace_seconds` (default 24 h)."""
@@ -218,7 +192,7 @@ def rotate_key(key_id: str, admin: AdminDep, gateway: GatewayDep, body: RotateKe
     )
 
 
-@router.post("/{key_id}/revoke", response_model=KeyView, responses=_errors(401, 403, 404, 422, 503))
+@router.post("/{key_id}/revoke", response_model=KeyView, responses=error_responses(401, 403, 404, 422, 503))
 def revoke_key(key_id: str, admin: AdminDep, gateway: GatewayDep) -> JSONResponse:
     """Revoke a key now (here at once; on other gateway replicas within `LONGRUN_API_KEY_CACHE_SECONDS`)."""
     try:

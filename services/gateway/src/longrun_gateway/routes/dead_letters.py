@@ -19,6 +19,7 @@ from longrun_common.states import IllegalTransition
 from longrun_common.views import iso
 
 from .. import views
+from ..contract import DeadLetterDetail, DeadLetterPage, JobView, Requeued, error_responses, ok
 from ..deps import TEXT_PATTERN, GatewayDep, SessionDep, TenantDep, json_body
 from ..errors import ApiError, not_found
 from ..pagination import DEFAULT_LIMIT, MAX_LIMIT, page
@@ -88,7 +89,7 @@ def _requeue(store: JobStore, job_id: str) -> Job | None:
         return store.get(job_id)
 
 
-@router.get("")
+@router.get("", response_model=None, responses={**ok(200, DeadLetterPage), **error_responses(401, 422, 503)})
 def list_dead_letters(
     tenant: TenantDep,
     gateway: GatewayDep,
@@ -104,7 +105,13 @@ def list_dead_letters(
     return {"items": _items(gateway, session, letters), "next_cursor": next_cursor}
 
 
-@router.post("/requeue", status_code=202, openapi_extra=_BULK_BODY)
+@router.post(
+    "/requeue",
+    status_code=202,
+    openapi_extra=_BULK_BODY,
+    response_model=None,
+    responses={**ok(202, Requeued), **error_responses(401, 413, 422, 503)},
+)
 def requeue_many(tenant: TenantDep, gateway: GatewayDep, session: SessionDep, body: BulkRequeueDep) -> JSONResponse:
     """Requeue up to `limit` matching dead letters, oldest first: `{"requeued": [job ids]}`."""
     statement = _filtered(tenant, body.task, body.error_type)
@@ -120,7 +127,9 @@ def requeue_many(tenant: TenantDep, gateway: GatewayDep, session: SessionDep, bo
     return JSONResponse({"requeued": requeued}, status_code=202)
 
 
-@router.get("/{letter_id}")
+@router.get(
+    "/{letter_id}", response_model=None, responses={**ok(200, DeadLetterDetail), **error_responses(401, 404, 503)}
+)
 def get_dead_letter(letter_id: str, tenant: TenantDep, gateway: GatewayDep, session: SessionDep) -> dict[str, Any]:
     """One dead letter in full: as listed, plus the traceback and every attempt (the job carries its args)."""
     letter = _load(session, tenant, letter_id)
@@ -140,7 +149,12 @@ def get_dead_letter(letter_id: str, tenant: TenantDep, gateway: GatewayDep, sess
     return item
 
 
-@router.post("/{letter_id}/requeue", status_code=202)
+@router.post(
+    "/{letter_id}/requeue",
+    status_code=202,
+    response_model=None,
+    responses={**ok(202, JobView, "requeued: the job"), **error_responses(401, 404, 409, 503)},
+)
 def requeue_one(letter_id: str, tenant: TenantDep, gateway: GatewayDep, session: SessionDep) -> JSONResponse:
     """The job starts again as a new attempt with a fresh retry budget; 202 and the job."""
     letter = _load(session, tenant, letter_id)
@@ -155,7 +169,12 @@ def requeue_one(letter_id: str, tenant: TenantDep, gateway: GatewayDep, session:
     return JSONResponse(views.present(gateway.settings, job, views.snapshot(gateway, job.id)), status_code=202)
 
 
-@router.delete("/{letter_id}", status_code=204)
+@router.delete(
+    "/{letter_id}",
+    status_code=204,
+    response_model=None,
+    responses={**ok(204, None, "deleted"), **error_responses(401, 404, 503)},
+)
 def delete_dead_letter(letter_id: str, tenant: TenantDep, session: SessionDep) -> Response:
     """Forget a dead letter (the job itself stays failed)."""
     letter = _load(session, tenant, letter_id)

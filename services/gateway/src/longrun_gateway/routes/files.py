@@ -14,6 +14,7 @@ from longrun_common.storage import file_path
 from longrun_common.views import iso
 
 from .. import uploads
+from ..contract import LOCATION, StoredFileView, error_responses, ok
 from ..deps import GatewayDep, SessionDep, TenantDep
 from ..errors import not_found
 from ..state import Gateway
@@ -37,7 +38,13 @@ _UPLOAD_BODY = {
 }
 
 
-@router.post("", status_code=201, openapi_extra=_UPLOAD_BODY)
+@router.post(
+    "",
+    status_code=201,
+    openapi_extra=_UPLOAD_BODY,
+    response_model=None,
+    responses={**ok(201, StoredFileView, "stored", LOCATION), **error_responses(401, 413, 422, 503)},
+)
 async def upload_file(request: Request, tenant: TenantDep, gateway: GatewayDep) -> JSONResponse:
     """Multipart field `file` → `{"id", "name", "size", "sha256"}` (201)."""
     file_id = new_id()
@@ -66,7 +73,7 @@ def _save(gateway: Gateway, stored: StoredFile) -> None:
         session.refresh(stored)
 
 
-@router.get("/{file_id}")
+@router.get("/{file_id}", response_model=None, responses={**ok(200, StoredFileView), **error_responses(401, 404, 503)})
 def get_file(file_id: str, tenant: TenantDep, session: SessionDep) -> dict[str, Any]:
     """The file's metadata (404 for another tenant's file, exactly as for a missing one)."""
     stored = session.get(StoredFile, file_id) if is_uuid(file_id) else None

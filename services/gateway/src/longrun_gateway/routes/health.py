@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
+from ..contract import Health, Readiness, error_responses, ok
 from ..deps import GatewayDep
 from ..state import Gateway
 
@@ -19,13 +20,17 @@ router = APIRouter(tags=["health"])
 CHECK_TIMEOUT = 3.0
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=None, responses=ok(200, Health))
 async def healthz() -> dict[str, str]:
     """The process is alive."""
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=None,
+    responses={**ok(200, Readiness, "ready"), **ok(503, Readiness, "a dependency does not answer")},
+)
 async def readyz(gateway: GatewayDep) -> JSONResponse:
     """200 when the database and Redis answer; 503 naming what does not."""
     database, redis_check = await asyncio.gather(_check_database(gateway), _check_redis(gateway))
@@ -65,7 +70,12 @@ def _describe(exc: BaseException) -> str:
     return f"error: {type(exc).__name__}" + (f": {message[:200]}" if message else "")
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,  # not JSON: the one documented content type is Prometheus' own
+    response_model=None,
+    responses={**ok(200, None, "Prometheus text exposition", media_type=CONTENT_TYPE_LATEST), **error_responses(503)},
+)
 def metrics(gateway: GatewayDep) -> Response:
     """Prometheus exposition; dead-letter gauges are computed from SQL now."""
     return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -16,6 +16,7 @@ from longrun_common.states import TERMINAL, JobStatus
 from longrun_common.views import job_view
 
 from .. import views
+from ..contract import LOCATION, JobPage, JobView, error_responses, ok
 from ..deps import TEXT_PATTERN, GatewayDep, SessionDep, StoreDep, TenantDep, json_body, limit_submissions
 from ..errors import REDIS_DOWN, invalid, not_found
 from ..live import LiveUnavailable
@@ -39,6 +40,12 @@ _JOB_BODY = {
     "",
     status_code=202,
     openapi_extra=_JOB_BODY,
+    response_model=None,
+    responses={
+        **ok(202, JobView, "accepted: the new job", LOCATION),
+        **ok(200, JobView, "an Idempotency-Key replay: the job this key first created", LOCATION),
+        **error_responses(401, 409, 413, 422, 429, 503),
+    },
     dependencies=[Depends(limit_submissions)],  # runs first: auth, then the rate limit, then the body
 )
 def submit_job(
@@ -58,7 +65,7 @@ def submit_job(
     )
 
 
-@router.get("")
+@router.get("", response_model=None, responses={**ok(200, JobPage), **error_responses(401, 422, 503)})
 def list_jobs(
     tenant: TenantDep,
     gateway: GatewayDep,
@@ -78,7 +85,7 @@ def list_jobs(
     return {"items": views.present_many(gateway, jobs), "next_cursor": next_cursor}
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", response_model=None, responses={**ok(200, JobView), **error_responses(401, 404, 422, 503)})
 async def get_job(
     job_id: str,
     tenant: TenantDep,
@@ -146,7 +153,12 @@ def _load(gateway: Gateway, tenant: str, job_id: str) -> Job:
         return views.load_job(session, tenant, job_id)
 
 
-@router.post("/{job_id}/cancel", status_code=202)
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=None,
+    responses={**ok(202, JobView, "cancel requested: the job"), **error_responses(401, 404, 503)},
+)
 def cancel_job(
     job_id: str, tenant: TenantDep, gateway: GatewayDep, session: SessionDep, store: StoreDep
 ) -> JSONResponse:

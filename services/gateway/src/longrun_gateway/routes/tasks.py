@@ -11,12 +11,13 @@ from sqlmodel import col, select
 from longrun_common.catalog import TaskPolicy
 from longrun_common.models import TaskRecord
 
+from ..contract import TaskList, error_responses, ok
 from ..deps import SessionDep, TenantDep
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
 
-@router.get("")
+@router.get("", response_model=None, responses={**ok(200, TaskList), **error_responses(401, 503)})
 def list_tasks(_tenant: TenantDep, session: SessionDep) -> dict[str, Any]:
     """`{"tasks": [{"name", "description", "args_schema", "policy"}]}`, by name."""
     records = session.exec(select(TaskRecord).order_by(col(TaskRecord.name))).all()
