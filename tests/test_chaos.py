@@ -26,14 +26,9 @@ FAST = {"LONGRUN_LEASE_SECONDS": "2", "LONGRUN_REAPER_INTERVAL": "0.5"}
 
 
 @pytest.fixture
-def database_url(postgres_url: str) -> str:
-    import psycopg
-
-    from tests.support.fixtures import TABLES
-
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE " + ", ".join(TABLES) + " CASCADE")
-    return postgres_url
+def database_url(postgres_database_url: str) -> str:
+    """PostgreSQL only, as in production: these tests are about Redis and workers, one database is enough."""
+    return postgres_database_url
 
 
 @pytest.fixture

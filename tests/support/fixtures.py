@@ -55,10 +55,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         url = f"sqlite:///{tmp_path / 'longrun.db'}"
         migrate(Settings(database_url=url))
         return url
-    url: str = request.getfixturevalue("postgres_url")
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE " + ", ".join(TABLES) + " CASCADE")
+    url: str = request.getfixturevalue("postgres_database_url")
     return url
+
+
+@pytest.fixture
+def postgres_database_url(postgres_url: str) -> str:
+    """The session's PostgreSQL database, emptied for this test."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE " + ", ".join(TABLES) + " CASCADE")
+    return postgres_url
 
 
 @pytest.fixture
