@@ -24,6 +24,7 @@ from .dispatch import queue_depth, send_job
 from .events import JobError
 from .jobs import JobStore, creation_fields, sql_floor
 from .models import Attempt, Job, TaskRecord
+from .redis_clients import sync_redis
 from .settings import Settings
 from .states import TERMINAL, JobStatus
 
@@ -54,6 +55,8 @@ class Maintenance:
         self.settings = settings
         self.owner = owner or uuid.uuid4().hex
         self._last_reconcile = 0.0
+        # The broker's queues (for the queue-empty check) live on LONGRUN_BROKER_URL when that is its own Redis.
+        self.broker = sync_redis(settings.broker_url) if settings.broker_url else store.redis
         self._renew = store.redis.register_script(_RENEW_LOCK)
         self._drop = store.redis.register_script(_DROP_EXPIRED)
 
@@ -167,7 +170,7 @@ class Maintenance:
         for job in jobs:
             pipe.hmget(self.store.keys.job(job.id), ["attempt", "tenant", "dispatched", "claim"])
         hashes = [_JobHash(*(None if v is None else v.decode() for v in values)) for values in pipe.execute()]
-        empty = {q for q in {j.queue for j in jobs} if queue_depth(self.store.redis, self.store.keys, q) == 0}
+        empty = {q for q in {j.queue for j in jobs} if queue_depth(self.broker, self.store.keys, q) == 0}
         settled_before = datetime.now(UTC) - timedelta(seconds=2)  # the gateway publishes right after its commit
         for job, found in zip(jobs, hashes, strict=True):
             if job.status == JobStatus.RUNNING.value:
