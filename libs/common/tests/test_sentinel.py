@@ -50,3 +50,14 @@ def test_an_event_bus_client_through_sentinel_asks_for_the_named_master() -> Non
     assert pool.service_name == "mymaster"  # type: ignore[attr-defined]
     assert pool.connection_kwargs["db"] == 4
     client.close()
+
+
+def test_asyncio_clients_through_sentinel_are_built_for_the_hub_and_gateway() -> None:
+    from longrun_common.redis_clients import async_blocking_redis, async_pool, async_redis
+
+    url = "redis+sentinel://127.0.0.1:1/mymaster/5"
+    for pool in (async_pool(url), async_redis(url).connection_pool,
+                 async_blocking_redis(url, max_connections=7, timeout=1).connection_pool):
+        assert pool.service_name == "mymaster"  # type: ignore[attr-defined]
+        assert pool.connection_kwargs["db"] == 5
+    assert async_blocking_redis(url, max_connections=7, timeout=1).connection_pool.max_connections == 7

@@ -172,7 +172,10 @@ class Maintenance:
         hashes = [_JobHash(*(None if v is None else v.decode() for v in values)) for values in pipe.execute()]
         empty = {q for q in {j.queue for j in jobs} if queue_depth(self.broker, self.store.keys, q) == 0}
         settled_before = datetime.now(UTC) - timedelta(seconds=2)  # the gateway publishes right after its commit
-        for job, found in zip(jobs, hashes, strict=True):
+        # Running jobs first: restoring a lost lease is one command, and after Redis lost every key the waiting
+        # jobs may be hundreds of re-announcements that would hold back the reaping of dead workers' jobs.
+        pairs = sorted(zip(jobs, hashes, strict=True), key=lambda pair: pair[0].status != JobStatus.RUNNING.value)
+        for job, found in pairs:
             if job.status == JobStatus.RUNNING.value:
                 self._reconcile_running(job, found)
             elif _aware(job.updated_at) < settled_before:
