@@ -154,3 +154,24 @@ def test_short_job_does_not_wait_behind_a_long_one(services: ServiceFactory, job
         assert waited < 10.0, f"a short job started {waited:.1f}s after it was accepted"
     store.request_cancel(long.id)
     wait_for(store, [long.id], timeout=30)
+
+
+def test_busy_worker_holds_no_message_another_worker_could_run(
+    services: ServiceFactory, job_store: JobStore
+) -> None:
+    """Prefetch 1 with late acks: a worker whose only process runs a long job reserves nothing more, so short
+    jobs submitted behind it all run on the other worker. (With `--prefetch-multiplier 4`, or early acks, the
+    busy worker would hold some of them until the long job ends.)"""
+    store = job_store
+    for _ in range(2):
+        services("worker", "--concurrency", "1")
+    long = submit(store, "demo.steps", {"steps": 300, "delay": 0.1})
+    _running(store, long.id, 1, timeout=30)
+    shorts = [submit(store, "demo.steps", {"steps": 2, "delay": 0.1}) for _ in range(4)]
+    done = wait_for(store, [s.id for s in shorts], timeout=20)
+    assert [j.status for j in done] == ["succeeded"] * len(shorts)
+    still = store.get(long.id)
+    assert still is not None and still.status == "running", "the long job should still be running"
+    assert {j.worker for j in done}.isdisjoint({still.worker})
+    store.request_cancel(long.id)
+    wait_for(store, [long.id], timeout=30)
