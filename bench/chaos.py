@@ -6,7 +6,8 @@ replacement starts at once (so 2 workers stay up); at `--redis-restart-at` the b
 without persistence (it comes back empty). Then a bounded wait.
 
 Longrun: `demo.steps` jobs ({"steps", "delay"}) submitted through JobStore (as the gateway does), real
-`python -m longrun_worker` processes, Longrun defaults except a shorter `LONGRUN_LEASE_SECONDS`.
+`python -m longrun_worker` processes and one gateway (never killed: the reaper runs there too, as deployed;
+`--no-gateway` leaves it out), Longrun defaults except a shorter `LONGRUN_LEASE_SECONDS`.
 Baseline: bench/_baseline_celery.py (tutorial settings: acks_late, prefetch 1, Redis broker, default visibility
 timeout), a task sleeping the same steps, run by real `celery -A bench._baseline_celery worker` processes;
 it records starts and completions in a separate ledger Redis that is never restarted.
