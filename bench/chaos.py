@@ -6,7 +6,8 @@ replacement starts at once (so 2 workers stay up); at `--redis-restart-at` the b
 without persistence (it comes back empty). Then a bounded wait.
 
 Longrun: `demo.steps` jobs ({"steps", "delay"}) submitted through JobStore (as the gateway does), real
-`python -m longrun_worker` processes, Longrun defaults except a shorter `LONGRUN_LEASE_SECONDS`.
+`python -m longrun_worker` processes and one gateway (never killed: the reaper runs there too, as deployed;
+`--no-gateway` leaves it out), Longrun defaults except a shorter `LONGRUN_LEASE_SECONDS`.
 Baseline: bench/_baseline_celery.py (tutorial settings: acks_late, prefetch 1, Redis broker, default visibility
 timeout), a task sleeping the same steps, run by real `celery -A bench._baseline_celery worker` processes;
 it records starts and completions in a separate ledger Redis that is never restarted.
@@ -19,6 +20,7 @@ and the recovery time: from a kill to each job the killed worker was running sta
 
 from __future__ import annotations
 
+import argparse
 import json
 import signal
 import sys
@@ -137,7 +139,8 @@ class LongrunSide(Side):
         s = self.st.settings
         return [f"{self.args.workers} x `python -m longrun_worker --concurrency {self.args.concurrency}`",
                 f"LONGRUN_LEASE_SECONDS={s.lease_seconds:g} (shortened; default 10)",
-                f"reaper every {s.reaper_interval:g}s, leader lock {max(3.0, s.reaper_interval * 5):g}s, "
+                f"reaper every {s.reaper_interval:g}s (in every worker{' and the gateway' * self.args.gateway}), "
+                f"leader lock {max(s.reaper_interval * 2, min(max(3.0, s.reaper_interval * 5), s.lease_seconds)):g}s, "
                 f"visibility timeout {s.visibility_timeout}s, prefetch 1, acks_late, reject_on_worker_lost "
                 "(defaults)",
                 f"demo.steps {{steps: {self.args.steps}, delay: {self.args.delay:g}}}: retries=3 (4 attempts)",
@@ -578,6 +581,8 @@ def main() -> None:
                     help="after the chaos window, stop waiting when nothing finished for this long")
     ap.add_argument("--timeout", type=float, default=150.0, help="hard limit per side, seconds after t0")
     ap.add_argument("--evidence", type=int, default=15, help="lines of evidence to print per side")
+    ap.add_argument("--gateway", action=argparse.BooleanOptionalAction, default=True,
+                    help="run a gateway next to Longrun's workers, as deployed (its reaper is never killed)")
     ap.add_argument("--only", choices=["longrun", "celery"], default=None, help="run one side only")
     args = ap.parse_args()
 
@@ -585,6 +590,8 @@ def main() -> None:
     env = {"LONGRUN_LEASE_SECONDS": f"{args.lease_seconds:g}"}
     with stack(args, name="chaos", extra_env=env) as st:
         if args.only != "celery":
+            if args.gateway:
+                st.gateway()  # as deployed: the reaper runs there too, so it outlives the workers being killed
             longrun = LongrunSide(args, st)
             try:
                 outcomes.append(run_side(longrun, args))

@@ -7,15 +7,18 @@ from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from .keys import Keys
 from .redis_clients import CONNECT_TIMEOUT
+from .sentinel import kombu_broker
 from .settings import Settings
 
 QUEUES = ("default", "high", "low")
 
 
 def create_celery(settings: Settings, *, name: str = "longrun") -> Celery:
-    """A Celery app on the configured Redis, with every queue and key under the Longrun prefix."""
+    """A Celery app on the broker Redis (LONGRUN_BROKER_URL, else LONGRUN_REDIS_URL), every queue and key under
+    the Longrun prefix."""
     keys = Keys(settings.key_prefix)
-    app = Celery(name, broker=settings.redis_url, set_as_current=False)
+    broker, sentinel_options = kombu_broker(settings.celery_broker_url)  # a Sentinel URL becomes kombu's form
+    app = Celery(name, broker=broker, set_as_current=False)
     app.conf.update(
         # Long jobs: take one at a time, acknowledge after running, give a lost worker's job back.
         worker_prefetch_multiplier=1,
@@ -35,6 +38,7 @@ def create_celery(settings: Settings, *, name: str = "longrun") -> Celery:
             # event loop standing still meanwhile.
             "socket_connect_timeout": CONNECT_TIMEOUT,
             "socket_keepalive": True,
+            **sentinel_options,
         },
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,

@@ -24,6 +24,7 @@ from .dispatch import queue_depth, send_job
 from .events import JobError
 from .jobs import JobStore, creation_fields, sql_floor
 from .models import Attempt, Job, TaskRecord
+from .redis_clients import sync_redis
 from .settings import Settings
 from .states import TERMINAL, JobStatus
 
@@ -54,6 +55,8 @@ class Maintenance:
         self.settings = settings
         self.owner = owner or uuid.uuid4().hex
         self._last_reconcile = 0.0
+        # The broker's queues (for the queue-empty check) live on LONGRUN_BROKER_URL when that is its own Redis.
+        self.broker = sync_redis(settings.broker_url) if settings.broker_url else store.redis
         self._renew = store.redis.register_script(_RENEW_LOCK)
         self._drop = store.redis.register_script(_DROP_EXPIRED)
 
@@ -71,7 +74,10 @@ class Maintenance:
                 log.warning("maintenance tick failed", exc_info=True)
 
     def is_leader(self) -> bool:
-        ttl_ms = int(max(3.0, self.settings.reaper_interval * 5) * 1000)
+        # A dead leader's lock must lapse within one lease: a worker killed -9 is often the leader, and its
+        # jobs' leases expire after `lease_seconds`; a longer lock would hold their requeue back past that.
+        interval = self.settings.reaper_interval
+        ttl_ms = int(max(interval * 2, min(max(3.0, interval * 5), self.settings.lease_seconds)) * 1000)
         return bool(self._renew(keys=[self.store.keys.lock("maintenance")], args=[self.owner, ttl_ms]))
 
     def tick(self) -> None:
@@ -164,9 +170,12 @@ class Maintenance:
         for job in jobs:
             pipe.hmget(self.store.keys.job(job.id), ["attempt", "tenant", "dispatched", "claim"])
         hashes = [_JobHash(*(None if v is None else v.decode() for v in values)) for values in pipe.execute()]
-        empty = {q for q in {j.queue for j in jobs} if queue_depth(self.store.redis, self.store.keys, q) == 0}
+        empty = {q for q in {j.queue for j in jobs} if queue_depth(self.broker, self.store.keys, q) == 0}
         settled_before = datetime.now(UTC) - timedelta(seconds=2)  # the gateway publishes right after its commit
-        for job, found in zip(jobs, hashes, strict=True):
+        # Running jobs first: restoring a lost lease is one command, and after Redis lost every key the waiting
+        # jobs may be hundreds of re-announcements that would hold back the reaping of dead workers' jobs.
+        pairs = sorted(zip(jobs, hashes, strict=True), key=lambda pair: pair[0].status != JobStatus.RUNNING.value)
+        for job, found in pairs:
             if job.status == JobStatus.RUNNING.value:
                 self._reconcile_running(job, found)
             elif _aware(job.updated_at) < settled_before:
@@ -189,9 +198,11 @@ class Maintenance:
                                  only_from=(JobStatus.QUEUED, JobStatus.RETRYING),
                                  error=JobError(type="cancelled", message="cancelled by request"))
         elif found.attempt is None or int(found.attempt) < job.attempt:
-            # Redis lost the job, or missed a requeue committed while it was down.
+            # Redis lost the job, or missed a requeue committed while it was down. A job that never started goes
+            # back at its own priority: after Redis lost every queue these are all the waiting jobs, and sent as
+            # urgent they would queue ahead of the jobs the reaper requeues from workers that die afterwards.
             log.warning("job %s (%s) lost from Redis; republishing", job.id, job.status)
-            self.store.announce(job, urgent=True)
+            self.store.announce(job, urgent=job.status == JobStatus.RETRYING.value)
         elif celery is None:
             return
         elif job.status == JobStatus.RETRYING.value:
@@ -203,7 +214,7 @@ class Maintenance:
                 send_job(celery, keys, job, urgent=True)
         elif found.dispatched != str(job.attempt):
             log.warning("job %s was accepted but its message never sent; sending it", job.id)
-            send_job(celery, keys, job, urgent=True)
+            send_job(celery, keys, job)  # it never reached the front of its queue: its own priority
             self.store.redis.hset(keys.job(job.id), "dispatched", str(job.attempt))
         else:
             self._resend_if_message_lost(job, found.claim, queue_empty)
@@ -216,15 +227,17 @@ class Maintenance:
         if attempt == str(job.attempt):
             if redis.exists(keys.worker(host)):
                 return  # a live worker holds it and is about to run it
-            reason = f"worker {host} took its message and is gone"
+            reason, urgent = f"worker {host} took its message and is gone", True  # its turn had come
         elif queue_empty:
-            reason = "its message is neither queued nor held by a worker"
+            # After the broker lost its queues this is every waiting job: at their own priority, so they do not
+            # queue ahead of jobs the reaper requeues from workers that die afterwards.
+            reason, urgent = "its message is neither queued nor held by a worker", False
         else:
             return
         log.warning("job %s: %s; sending it again", job.id, reason)
         assert self.store.celery is not None
         redis.hdel(keys.job(job.id), "claim")
-        send_job(self.store.celery, keys, job, urgent=True)
+        send_job(self.store.celery, keys, job, urgent=urgent)
 
     def _republish_recent_endings(self) -> None:
         """A job that ended in SQL while its terminal event could not be published (Redis down between the

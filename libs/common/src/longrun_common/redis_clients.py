@@ -26,6 +26,8 @@ from redis.backoff import AbstractBackoff, NoBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 from redis.retry import Retry as SyncRetry
 
+from . import sentinel
+
 if TYPE_CHECKING:
     SyncRedis = redis.Redis[bytes]
     AsyncRedis = aioredis.Redis[bytes]
@@ -59,31 +61,38 @@ def connection_options(
 
 def sync_redis(url: str, *, retries: int = 1, backoff: AbstractBackoff | None = None) -> SyncRedis:
     """A blocking client with its own pool (gateway handlers in threads, worker processes)."""
-    client: SyncRedis = redis.Redis.from_url(
-        url, **connection_options(asynchronous=False, retries=retries, backoff=backoff)
-    )
+    options = connection_options(asynchronous=False, retries=retries, backoff=backoff)
+    if (target := sentinel.parse(url)) is not None:  # redis+sentinel://…/master: see sentinel.py
+        return sentinel.sync_client(target, options)
+    client: SyncRedis = redis.Redis.from_url(url, **options)
     return client
 
 
 def async_redis(url: str, *, retries: int = 1, health_check: bool = True) -> AsyncRedis:
     """An asyncio client with its own pool."""
-    client: AsyncRedis = aioredis.Redis.from_url(
-        url, **connection_options(asynchronous=True, retries=retries, health_check=health_check)
-    )
+    options = connection_options(asynchronous=True, retries=retries, health_check=health_check)
+    if (target := sentinel.parse(url)) is not None:
+        client: AsyncRedis = aioredis.Redis(connection_pool=sentinel.async_pool(target, options))
+        return client
+    client = aioredis.Redis.from_url(url, **options)
     return client
 
 
 def async_pool(url: str, *, retries: int = 1, health_check: bool = True) -> AsyncPool:
     """An asyncio connection pool, for callers that make their own connections from it."""
-    pool: AsyncPool = aioredis.ConnectionPool.from_url(
-        url, **connection_options(asynchronous=True, retries=retries, health_check=health_check)
-    )
+    options = connection_options(asynchronous=True, retries=retries, health_check=health_check)
+    if (target := sentinel.parse(url)) is not None:
+        return sentinel.async_pool(target, options)
+    pool: AsyncPool = aioredis.ConnectionPool.from_url(url, **options)
     return pool
 
 
 def async_blocking_redis(url: str, *, max_connections: int, timeout: float) -> AsyncRedis:
     """An asyncio client whose pool holds at most `max_connections`; a caller waits up to `timeout` seconds
-    for a free one instead of opening more."""
+    for a free one instead of opening more (through Sentinel: at most `max_connections`, without the wait)."""
+    if (target := sentinel.parse(url)) is not None:
+        options = {**connection_options(asynchronous=True), "max_connections": max_connections}
+        return aioredis.Redis(connection_pool=sentinel.async_pool(target, options))
     pool: AsyncPool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=timeout, **connection_options(asynchronous=True)
     )

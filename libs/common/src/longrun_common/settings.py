@@ -24,6 +24,8 @@ class Settings(BaseSettings):
 
     env: Literal["development", "production"] = "development"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The Celery broker (its queues) may be a Redis of its own, sized and failed over apart from the event bus.
+    broker_url: str = Field("", description="Redis for the Celery broker; empty = LONGRUN_REDIS_URL")
     database_url: str = "sqlite:///./var/longrun.db"
     api_keys: str = ""
     token_secret: str = ""
@@ -138,6 +140,11 @@ class Settings(BaseSettings):
                 raise ValueError(f"LONGRUN_API_KEYS tenant {tenant!r}: use 1-64 letters, digits, '_', '-' or '.'")
             result[key] = tenant
         return result
+
+    @property
+    def celery_broker_url(self) -> str:
+        """The broker's Redis: LONGRUN_BROKER_URL, or the event bus's when unset."""
+        return self.broker_url or self.redis_url
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -1,0 +1,177 @@
+"""Recovery within one lease, and load balancing between a worker's processes (real worker processes).
+
+A job whose worker is killed -9 must be running again (its next attempt started) within the lease plus a few
+seconds, also when the killed worker was the maintenance leader and when workers die one after another.
+These run on PostgreSQL, the production database.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from longrun_common.jobs import JobStore
+from longrun_common.models import Job
+from longrun_common.settings import Settings
+from tests.support.fixtures import ServiceFactory
+from tests.support.jobs import close_store, make_store, queued_messages, submit, wait_for
+from tests.support.processes import Service
+from tests.support.servers import RedisServer
+
+pytestmark = pytest.mark.integration
+
+LEASE = 3.0
+# Default reaper interval; the lease shortened so the test is quick. The bound is a behaviour, not a benchmark.
+SHORT_LEASE = {"LONGRUN_LEASE_SECONDS": f"{LEASE:g}"}
+BOUND = LEASE + 3.0
+
+
+@pytest.fixture
+def database_url(postgres_url: str) -> str:
+    import psycopg
+
+    from tests.support.fixtures import TABLES
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE " + ", ".join(TABLES) + " CASCADE")
+    return postgres_url
+
+
+def _host(worker: Service) -> str:
+    return worker.argv[worker.argv.index("--hostname") + 1].split("@")[0]
+
+
+def _running(store: JobStore, job_id: str, attempt: int, timeout: float) -> Job:
+    """Wait until `attempt` of the job is running and return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = store.get(job_id)
+        if (job is not None and job.attempt == attempt and job.status == "running" and job.worker
+                and any(a.number == attempt for a in store.attempts(job_id))):  # its row follows the status
+            return job
+        assert time.monotonic() < deadline, f"attempt {attempt} not running after {timeout}s: " \
+                                            f"{job and (job.status, job.attempt, job.worker)}"
+        time.sleep(0.02)
+
+
+def _started_at(store: JobStore, job_id: str, attempt: int) -> float:
+    row = next(a for a in store.attempts(job_id) if a.number == attempt)
+    started = row.started_at if row.started_at.tzinfo else row.started_at.replace(tzinfo=UTC)
+    return started.timestamp()
+
+
+def _ended_at(store: JobStore, job_id: str, attempt: int) -> float:
+    row = next(a for a in store.attempts(job_id) if a.number == attempt)
+    assert row.finished_at is not None
+    ended = row.finished_at if row.finished_at.tzinfo else row.finished_at.replace(tzinfo=UTC)
+    return ended.timestamp()
+
+
+def test_killed_workers_job_runs_again_within_the_lease(services: ServiceFactory, job_store: JobStore) -> None:
+    store = job_store
+    """Three workers; the job's worker is killed -9 twice in a row (the first is the maintenance leader, since it
+    started first): each time the job runs again on an idle worker within lease + 3 s."""
+    first = services("worker", "--concurrency", "1", env=SHORT_LEASE)
+    job = submit(store, "demo.steps", {"steps": 400, "delay": 0.1})
+    _running(store, job.id, 1, timeout=30)
+    spares = [services("worker", "--concurrency", "1", env=SHORT_LEASE) for _ in range(2)]
+    by_host = {_host(w): w for w in [first, *spares]}
+    took: list[float] = []
+    for attempt in (1, 2):
+        holder = _running(store, job.id, attempt, timeout=30)
+        victim = by_host[holder.worker.split("@")[0]]  # type: ignore[union-attr]
+        time.sleep(0.5)  # some progress, and the lease renewed, before the kill
+        victim.signal_group(signal.SIGKILL)
+        assert victim.process is not None
+        victim.process.wait(10)
+        killed_at = datetime.now(UTC).timestamp()
+        _running(store, job.id, attempt + 1, timeout=BOUND + 20)
+        took.append(_started_at(store, job.id, attempt + 1) - killed_at)
+        print(f"kill {attempt}: requeued after {_ended_at(store, job.id, attempt) - killed_at:.2f}s, "
+              f"running again after {took[-1]:.2f}s")
+    assert max(took) <= BOUND, f"kill -> running again took {took} s; bound {BOUND} s"
+    store.request_cancel(job.id)
+    (done,) = wait_for(store, [job.id], timeout=30)
+    assert done.status == "cancelled"
+
+
+def test_requeued_job_goes_ahead_of_a_backlog_restored_after_redis_lost_it(
+    services: ServiceFactory, settings: Settings
+) -> None:
+    """Redis restarts empty with a backlog queued; the reconciler sends the backlog again. A worker killed after
+    that still has its job running again within the lease plus one backlog job: the backlog went back at its own
+    priority, so the requeued job (urgent) is next, not behind every restored message."""
+    private = RedisServer().start()
+    store = make_store(settings.model_copy(update={"redis_url": private.url}))
+    env = {"LONGRUN_REDIS_URL": private.url, **SHORT_LEASE}
+    try:
+        doomed = services("worker", "--concurrency", "1", env=env)
+        job = submit(store, "demo.steps", {"steps": 400, "delay": 0.1})
+        _running(store, job.id, 1, timeout=30)
+        backlog = [submit(store, "demo.steps", {"steps": 10, "delay": 0.1}).id for _ in range(20)]  # 1 s each
+        services("worker", "--concurrency", "1", env=env)  # works through the backlog
+        private.restart()  # no persistence: the queue, the leases and the job hashes are gone
+        deadline = time.monotonic() + 30
+        while len(queued_messages(store.redis, store.keys.prefix)) < 8:
+            assert time.monotonic() < deadline, "the reconciler never sent the backlog again"
+            time.sleep(0.05)
+        doomed.signal_group(signal.SIGKILL)
+        assert doomed.process is not None
+        doomed.process.wait(10)
+        killed_at = datetime.now(UTC).timestamp()
+        _running(store, job.id, 2, timeout=60)
+        took = _started_at(store, job.id, 2) - killed_at
+        waiting = len(queued_messages(store.redis, store.keys.prefix))
+        print(f"running again after {took:.2f}s; {waiting} backlog messages still queued")
+        assert took <= BOUND + 1.0, f"kill -> running again took {took:.1f}s (bound {BOUND} s + one 1 s job)"
+        assert waiting > 0  # the backlog was still there: the job went ahead of it
+        store.request_cancel(job.id)
+        done = wait_for(store, [job.id, *backlog], timeout=90)
+        assert [j.status for j in done] == ["cancelled"] + ["succeeded"] * len(backlog)
+    finally:
+        close_store(store)
+        private.stop()
+
+
+def test_short_job_does_not_wait_behind_a_long_one(services: ServiceFactory, job_store: JobStore) -> None:
+    """Prefetch 1, late acks and fair scheduling: a worker with two processes, a long job then short ones
+    submitted right behind it. Each short job starts at once on the free process; none is reserved by (or
+    queued in the pipe of) the process busy with the long job."""
+    store = job_store
+    services("worker", "--concurrency", "2")
+    long = submit(store, "demo.steps", {"steps": 300, "delay": 0.1})
+    shorts = [submit(store, "demo.steps", {"steps": 2, "delay": 0.1}) for _ in range(4)]
+    done = wait_for(store, [s.id for s in shorts], timeout=20)
+    assert [j.status for j in done] == ["succeeded"] * len(shorts)
+    still = store.get(long.id)
+    assert still is not None and still.status == "running", "the long job should still be running"
+    for short in shorts:
+        accepted = short.created_at if short.created_at.tzinfo else short.created_at.replace(tzinfo=UTC)
+        waited = _started_at(store, short.id, 1) - accepted.timestamp()
+        assert waited < 10.0, f"a short job started {waited:.1f}s after it was accepted"
+    store.request_cancel(long.id)
+    wait_for(store, [long.id], timeout=30)
+
+
+def test_busy_worker_holds_no_message_another_worker_could_run(
+    services: ServiceFactory, job_store: JobStore
+) -> None:
+    """Prefetch 1 with late acks: a worker whose only process runs a long job reserves nothing more, so short
+    jobs submitted behind it all run on the other worker. (With `--prefetch-multiplier 4`, or early acks, the
+    busy worker would hold some of them until the long job ends.)"""
+    store = job_store
+    for _ in range(2):
+        services("worker", "--concurrency", "1")
+    long = submit(store, "demo.steps", {"steps": 300, "delay": 0.1})
+    _running(store, long.id, 1, timeout=30)
+    shorts = [submit(store, "demo.steps", {"steps": 2, "delay": 0.1}) for _ in range(4)]
+    done = wait_for(store, [s.id for s in shorts], timeout=20)
+    assert [j.status for j in done] == ["succeeded"] * len(shorts)
+    still = store.get(long.id)
+    assert still is not None and still.status == "running", "the long job should still be running"
+    assert {j.worker for j in done}.isdisjoint({still.worker})
+    store.request_cancel(long.id)
+    wait_for(store, [long.id], timeout=30)
