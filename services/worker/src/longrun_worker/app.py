@@ -11,12 +11,13 @@ from sqlmodel import Session, select
 
 from longrun_common.celery_app import create_celery
 from longrun_common.db import create_db_engine
+from longrun_common.events import JobError
 from longrun_common.maintenance import Maintenance
 from longrun_common.models import Job
 from longrun_common.settings import Settings
 from longrun_common.states import JobStatus
 
-from . import tasks  # noqa: F401  (registers the built-in tasks)
+from . import metrics, tasks  # noqa: F401  (tasks: registers the built-in tasks)
 from .api import REGISTRY, TaskDefinition
 from .catalog import register_catalog
 from .resources import Resources, get_resources, reset_resources
@@ -84,7 +85,12 @@ def _connect_process_hooks(app: Celery, settings: Settings) -> None:
         res = get_resources(settings, app)
         state["presence"] = _announce_presence(res, settings, hostname)
         if settings.maintenance:
-            state["maintenance"] = Maintenance(res.store, settings, owner=hostname).start()
+            state["maintenance"] = Maintenance(res.store, settings, owner=hostname, on_lost=_on_lost).start()
+        prefix = f"{res.keys.prefix}."
+        for queue in app.amqp.queues.consume_from or {}:
+            metrics.queues_consumed.labels(str(queue).removeprefix(prefix)).set(1)
+        if settings.worker_metrics_port:
+            state["metrics"] = metrics.serve(settings.worker_metrics_port, settings.bind_host)
 
     def record_claim(sender: Any = None, request: Any = None, **_: Any) -> None:
         """A message this worker has taken off the queue: if the worker dies before running it, the reconciler
@@ -101,6 +107,7 @@ def _connect_process_hooks(app: Celery, settings: Settings) -> None:
 
     def drain(sender: Any = None, **_: Any) -> None:
         hostname = str(sender or "")
+        metrics.drains.inc()
         if "maintenance" in state:
             state["maintenance"].set()  # presence stays: the worker is alive while it drains
         threading.Thread(target=_drain_after, args=(settings, app, hostname), daemon=True,
@@ -111,6 +118,12 @@ def _connect_process_hooks(app: Celery, settings: Settings) -> None:
     signals.worker_ready.connect(start_maintenance, weak=False)
     signals.task_received.connect(record_claim, weak=False)
     signals.worker_shutting_down.connect(drain, weak=False)
+
+
+def _on_lost(job: Job, error: JobError, retried: bool) -> None:
+    """The reaper ended an attempt whose worker vanished."""
+    if retried:
+        metrics.record_retry(job.task, error.type)
 
 
 def _announce_presence(res: Resources, settings: Settings, hostname: str) -> threading.Event:

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 import traceback
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
@@ -22,6 +23,7 @@ from longrun_common.states import JobStatus
 
 from .api import JobCancelled, JobDrained, JobFenced, PermanentError, TaskDefinition, TransientError
 from .context import JobContext
+from .metrics import AttemptMetrics, record_retry
 from .reporter import Reporter
 from .resources import Resources
 
@@ -50,7 +52,6 @@ def run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, j
         log.info("job %s attempt %s already taken or cancelled", job_id, attempt)
         return
 
-    resumed_from = _last_checkpoint(res, job)
     lease = settings.lease_seconds
     started = time.time()
     published = res.publisher.publish(res.redis, EventSpec(
@@ -60,8 +61,21 @@ def run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, j
     ))
     if published.fenced:
         return
+    metrics = AttemptMetrics(definition.name)
+    metrics.begin(_waited(job, started))
+    try:
+        _run_started(celery_task, definition, res, job, attempt, worker, published.seq, metrics)
+    finally:
+        metrics.end(metrics.outcome)
+
+
+def _run_started(celery_task: Task, definition: TaskDefinition, res: Resources, job: Job, attempt: int,
+                 worker: str, first_seq: int, metrics: AttemptMetrics) -> None:
+    """The attempt is ours and announced: run the task and record how it ended (`metrics.outcome`)."""
+    store, settings, job_id, lease = res.store, res.settings, job.id, res.settings.lease_seconds
+    resumed_from = _last_checkpoint(res, job)
     sql_writer = _SqlProgress(res, job_id, attempt)
-    last_seq = [published.seq]  # if Redis loses the job mid-run, its events continue after this
+    last_seq = [first_seq]  # if Redis loses the job mid-run, its events continue after this
 
     def emit(progress: Progress, checkpoint: dict[str, Any] | None) -> Published:
         fields = {"checkpoint": dumps(checkpoint)} if checkpoint is not None else None
@@ -76,7 +90,8 @@ def run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, j
     def heartbeat() -> int:
         return res.publisher.heartbeat(res.redis, job_id, attempt, time.time() + lease)
 
-    reporter = Reporter(emit, heartbeat, interval=settings.progress_interval, heartbeat_every=lease / 3)
+    reporter = Reporter(emit, heartbeat, interval=settings.progress_interval, heartbeat_every=lease / 3,
+                        on_publish=metrics.reported)
     ctx = JobContext(job_id=job_id, attempt=attempt, tenant=job.tenant, task=job.task, reporter=reporter,
                      resumed_from=resumed_from, settings=settings, session_factory=lambda: Session(res.engine))
     reporter.begin()
@@ -85,6 +100,7 @@ def run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, j
         result = definition.fn(ctx, args)
     except JobFenced:
         reporter.close()
+        metrics.outcome = "fenced"
         log.warning("job %s attempt %s was superseded; stopping without writing", job_id, attempt)
         return
     except JobCancelled:
@@ -93,6 +109,7 @@ def run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, j
         sql_writer.write(reporter.snapshot(), reporter.last_checkpoint)
         store.finish_if(job_id, attempt, JobStatus.CANCELLED, only_from=RUNNING, progress=reporter.snapshot(),
                         error=JobError(type="cancelled", message="cancelled by request"), seq_floor=last_seq[0])
+        metrics.outcome = "cancelled"
         return
     except JobDrained:
         reporter.close()
@@ -101,6 +118,8 @@ def run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, j
                          retryable=True)
         if store.schedule_retry(job_id, attempt, error, 0.0, send=False, progress=reporter.snapshot(),
                                 extra_budget=True, seq_floor=last_seq[0]):
+            metrics.outcome = "drained"
+            record_retry(definition.name, "drained")
             raise celery_task.retry(countdown=0, kwargs={"job_id": job_id, "attempt": attempt + 1},
                                     max_retries=None) from None
         return
@@ -112,6 +131,8 @@ def run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, j
             delay = definition.policy.backoff(attempt)
             if store.schedule_retry(job_id, attempt, error, delay, send=False, progress=reporter.snapshot(),
                                     seq_floor=last_seq[0]):
+                metrics.outcome = "retrying"
+                record_retry(definition.name, error.type)
                 raise celery_task.retry(countdown=delay, kwargs={"job_id": job_id, "attempt": attempt + 1},
                                         max_retries=None) from None
             return
@@ -120,10 +141,24 @@ def run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, j
         return
     reporter.close()
     if reporter.fenced:
+        metrics.outcome = "fenced"
         return
     sql_writer.write(reporter.snapshot(), reporter.last_checkpoint)
     store.finish_if(job_id, attempt, JobStatus.SUCCEEDED, only_from=RUNNING, result=_jsonable(result),
                     progress=reporter.snapshot(complete=True), seq_floor=last_seq[0])
+    metrics.outcome = "succeeded"
+
+
+def _waited(job: Job, started: float) -> float | None:
+    """How long the attempt waited for a worker: since submit, a requeue, or the retry's due time."""
+    if job.attempt > 1 and job.next_retry_at is not None:
+        since: datetime | None = job.next_retry_at
+    else:
+        since = job.created_at if job.attempt == 1 else job.updated_at
+    if since is None:
+        return None
+    since = since if since.tzinfo else since.replace(tzinfo=UTC)
+    return started - since.timestamp()
 
 
 def classify(exc: BaseException, definition: TaskDefinition) -> JobError:
