@@ -20,7 +20,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from .catalog import TaskPolicy
-from .dispatch import queue_depth, send_job
+from .dispatch import announce_attempt_end, queue_depth, send_job
 from .events import JobError
 from .jobs import JobStore, creation_fields, sql_floor
 from .models import Attempt, Job, TaskRecord
@@ -132,12 +132,15 @@ class Maintenance:
                 self._tell_lost(job, error, retried=False)
 
     def _tell_lost(self, job: Job, error: JobError, *, retried: bool) -> None:
-        if self.on_lost is None:
-            return
         try:
-            self.on_lost(job, error, retried)
+            if self.store.celery is not None:
+                announce_attempt_end(self.store.celery, task_id=f"{job.id}.{job.attempt}",
+                                     hostname=job.worker or "unknown", error_type=error.type,
+                                     message=error.message, retried=retried)
+            if self.on_lost is not None:
+                self.on_lost(job, error, retried)
         except Exception:  # metrics and monitoring events must never stop the reaper
-            log.warning("on_lost hook failed for job %s", job.id, exc_info=True)
+            log.warning("could not report the lost attempt of job %s", job.id, exc_info=True)
 
     def _attempt_started(self, job: Job) -> datetime | None:
         with Session(self.store.engine) as session:
@@ -165,8 +168,10 @@ class Maintenance:
             celery_id = self.store.redis.hget(self.store.keys.job(job.id), "celery_id")
             if celery_id and self.store.celery is not None:
                 self.store.celery.control.revoke(celery_id.decode(), terminate=True, signal="SIGKILL")
-            self.store.finish_if(job.id, job.attempt, JobStatus.CANCELLED, only_from=(JobStatus.RUNNING,),
-                                 error=JobError(type="cancelled", message="cancelled by force after the grace period"))
+            error = JobError(type="cancelled", message="cancelled by force after the grace period")
+            if self.store.finish_if(job.id, job.attempt, JobStatus.CANCELLED, only_from=(JobStatus.RUNNING,),
+                                    error=error):
+                self._tell_lost(job, error, retried=False)
 
     # --- reconciler -----------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import uvicorn
 
+from longrun_common import telemetry
 from longrun_common.db import migrate
 from longrun_common.settings import Settings
 
@@ -56,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
     }
     if args.workers == 1 and MULTIPROC_DIR not in os.environ:
+        telemetry.setup_tracing("longrun-gateway", celery=True)
         uvicorn.run(create_app(settings), **options)
         return
     # Each worker process builds its own app (the factory); their metrics meet in one directory.

@@ -16,6 +16,7 @@ import socket
 
 import uvicorn
 
+from longrun_common import telemetry
 from longrun_common.settings import Settings
 
 from .app import create_app
@@ -74,6 +75,8 @@ class HubServer(uvicorn.Server):
 def main() -> None:
     settings = Settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Delivery spans only: no per-command Redis spans on the hub's hot path.
+    telemetry.setup_tracing("longrun-hub", redis=False, sqlalchemy=False)
     ping = settings.hub_ping_interval or None
     config = uvicorn.Config(
         create_app(settings),

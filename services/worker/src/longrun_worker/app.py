@@ -9,6 +9,7 @@ from typing import Any
 from celery import Celery, Task, signals
 from sqlmodel import Session, select
 
+from longrun_common import telemetry
 from longrun_common.celery_app import create_celery
 from longrun_common.db import create_db_engine
 from longrun_common.events import JobError
@@ -30,6 +31,11 @@ def create_worker_app(settings: Settings) -> Celery:
     """A Celery app that runs every registered Longrun task."""
     check_visibility_timeout(settings)
     app = create_celery(settings)
+    # Every log line written during a job says which job, attempt and trace (longrun_common.telemetry).
+    telemetry.install_log_fields()
+    app.conf.worker_log_format = "[%(asctime)s: %(levelname)s/%(processName)s]%(longrun_job)s %(message)s"
+    app.conf.worker_task_log_format = (
+        "[%(asctime)s: %(levelname)s/%(processName)s] %(task_name)s[%(task_id)s]:%(longrun_job)s %(message)s")
     for definition in REGISTRY.values():
         _register(app, settings, definition)
     _connect_process_hooks(app, settings)
@@ -78,7 +84,13 @@ def _connect_process_hooks(app: Celery, settings: Settings) -> None:
             engine.dispose()
 
     def fresh_resources(**_: Any) -> None:
+        # Tracing first: the engine and Redis clients made next are instrumented. After the fork, because the
+        # exporter's thread does not survive one.
+        telemetry.setup_tracing("longrun-worker", celery=True)
         reset_resources()  # never share the parent's connections after the fork
+
+    def child_exits(**_: Any) -> None:
+        telemetry.shutdown_tracing()  # pool processes leave with os._exit: export what is buffered now
 
     def start_maintenance(sender: Any = None, **_: Any) -> None:
         hostname = str(getattr(sender, "hostname", ""))
@@ -115,6 +127,7 @@ def _connect_process_hooks(app: Celery, settings: Settings) -> None:
 
     signals.worker_init.connect(publish_catalog, weak=False)
     signals.worker_process_init.connect(fresh_resources, weak=False)
+    signals.worker_process_shutdown.connect(child_exits, weak=False)
     signals.worker_ready.connect(start_maintenance, weak=False)
     signals.task_received.connect(record_claim, weak=False)
     signals.worker_shutting_down.connect(drain, weak=False)

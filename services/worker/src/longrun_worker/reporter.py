@@ -8,6 +8,7 @@ and drain requests, which the task sees at its next report.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -119,6 +120,10 @@ class Reporter:
 
     def begin(self) -> None:
         self._last_sent = time.monotonic()
+        # The thread runs in a copy of the task's context: its publish spans nest under the task's span and
+        # its log lines carry the job's fields.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._run,), name="longrun-reporter", daemon=True)
         self._thread.start()
 
     def close(self) -> None:

@@ -10,18 +10,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import update
 from sqlmodel import Session, col
 
+from longrun_common import telemetry
 from longrun_common.events import JobError, Progress, dumps
 from longrun_common.jobs import sql_floor
 from longrun_common.models import Job
 from longrun_common.publisher import EventSpec, Published
 from longrun_common.states import JobStatus
 
-from .api import JobCancelled, JobDrained, JobFenced, PermanentError, TaskDefinition, TransientError
+from .api import JobCancelled, JobDrained, JobFailed, JobFenced, PermanentError, TaskDefinition, TransientError
 from .context import JobContext
 from .metrics import AttemptMetrics, record_retry
 from .reporter import Reporter
@@ -34,44 +35,62 @@ RUNNING = (JobStatus.RUNNING,)
 
 def run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, job_id: str, attempt: int) -> None:
     """Run `attempt` of `job_id` unless the message is stale, the job is cancelled, or another worker has it."""
+    with telemetry.job_context(job_id, attempt):
+        _run_attempt(celery_task, definition, res, job_id, attempt)
+
+
+def _run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, job_id: str, attempt: int) -> None:
     store, settings = res.store, res.settings
     job = store.get(job_id)
     if job is None:
         log.warning("dropping message for unknown job %s", job_id)
         return
+    worker = str(celery_task.request.hostname or "worker")
+    task_id = str(celery_task.request.id)
+    # Messages that run nothing end with Ignore (no Celery event), so Flower keeps what the attempt's own run
+    # (or the reaper) reported for this task id instead of a SUCCESS that never happened.
     if job.attempt != attempt or JobStatus(job.status).terminal:
         log.info("dropping stale message for job %s attempt %s (job at attempt %s, %s)",
                  job_id, attempt, job.attempt, job.status)
-        return
+        if job.attempt == attempt and job.status == JobStatus.CANCELLED.value and job.started_at is None:
+            res.events.revoked(task_id, worker)  # cancelled while queued: it never ran
+        raise Ignore()
     if job.cancel_requested_at is not None:
         store.finish_if(job_id, attempt, JobStatus.CANCELLED, only_from=(JobStatus.QUEUED, JobStatus.RETRYING),
                         error=JobError(type="cancelled", message="cancelled before it started"))
-        return
-    worker = str(celery_task.request.hostname or "worker")
+        res.events.revoked(task_id, worker)
+        raise Ignore()
     if not store.begin_attempt(job_id, attempt, worker):
         log.info("job %s attempt %s already taken or cancelled", job_id, attempt)
-        return
+        raise Ignore()
 
     lease = settings.lease_seconds
     started = time.time()
     published = res.publisher.publish(res.redis, EventSpec(
         job_id, "status", JobStatus.RUNNING, attempt, progress=Progress.model_validate(job.progress or {}),
         lease_until=started + lease, seq_floor=sql_floor(job.seq),
-        fields={"started_at": repr(started), "worker": worker, "celery_id": str(celery_task.request.id)},
+        fields={"started_at": repr(started), "worker": worker, "celery_id": task_id},
     ))
     if published.fenced:
-        return
+        raise Ignore()
     metrics = AttemptMetrics(definition.name)
     metrics.begin(_waited(job, started))
     try:
-        _run_started(celery_task, definition, res, job, attempt, worker, published.seq, metrics)
+        _run_started(celery_task, definition, res, job, attempt, worker, task_id, published.seq, metrics)
     finally:
         metrics.end(metrics.outcome)
 
 
 def _run_started(celery_task: Task, definition: TaskDefinition, res: Resources, job: Job, attempt: int,
-                 worker: str, first_seq: int, metrics: AttemptMetrics) -> None:
-    """The attempt is ours and announced: run the task and record how it ended (`metrics.outcome`)."""
+                 worker: str, task_id: str, first_seq: int, metrics: AttemptMetrics) -> None:
+    """The attempt is ours and announced: run the task and record how it ended (`metrics.outcome`).
+
+    How it ends for Celery (and so for Flower): success returns; a failure raises JobFailed (FAILURE); a retry
+    is Celery's retry under the next attempt's task id `{job_id}.{attempt + 1}` (RETRY, then a new task);
+    a cancel raises JobCancelled (FAILURE with the reason); a fenced attempt ends with Ignore, leaving what the
+    reaper reported for it.
+    """
+    next_task_id = f"{job.id}.{attempt + 1}"
     store, settings, job_id, lease = res.store, res.settings, job.id, res.settings.lease_seconds
     resumed_from = _last_checkpoint(res, job)
     sql_writer = _SqlProgress(res, job_id, attempt)
@@ -85,6 +104,7 @@ def _run_started(celery_task: Task, definition: TaskDefinition, res: Resources, 
         if not result.fenced:
             last_seq[0] = max(last_seq[0], result.seq)
             sql_writer.maybe_write(progress, checkpoint, result.seq)
+            res.events.progress(task_id, worker, progress.model_dump_json(exclude_none=True))
         return result
 
     def heartbeat() -> int:
@@ -102,7 +122,7 @@ def _run_started(celery_task: Task, definition: TaskDefinition, res: Resources, 
         reporter.close()
         metrics.outcome = "fenced"
         log.warning("job %s attempt %s was superseded; stopping without writing", job_id, attempt)
-        return
+        raise Ignore() from None
     except JobCancelled:
         _run_cancel_hook(definition, ctx)
         reporter.close()
@@ -110,8 +130,8 @@ def _run_started(celery_task: Task, definition: TaskDefinition, res: Resources, 
         store.finish_if(job_id, attempt, JobStatus.CANCELLED, only_from=RUNNING, progress=reporter.snapshot(),
                         error=JobError(type="cancelled", message="cancelled by request"), seq_floor=last_seq[0])
         metrics.outcome = "cancelled"
-        return
-    except JobDrained:
+        raise
+    except JobDrained as exc:
         reporter.close()
         sql_writer.write(reporter.snapshot(), reporter.last_checkpoint)
         error = JobError(type="drained", message=f"worker {worker} shut down; resuming on another worker",
@@ -121,8 +141,9 @@ def _run_started(celery_task: Task, definition: TaskDefinition, res: Resources, 
             metrics.outcome = "drained"
             record_retry(definition.name, "drained")
             raise celery_task.retry(countdown=0, kwargs={"job_id": job_id, "attempt": attempt + 1},
-                                    max_retries=None) from None
-        return
+                                    exc=exc, max_retries=None, task_id=next_task_id) from None
+        metrics.outcome = "fenced"
+        raise Ignore() from None
     except Exception as exc:  # every failure is recorded (SoftTimeLimitExceeded is an Exception too)
         reporter.close()
         sql_writer.write(reporter.snapshot(), reporter.last_checkpoint)
@@ -134,15 +155,18 @@ def _run_started(celery_task: Task, definition: TaskDefinition, res: Resources, 
                 metrics.outcome = "retrying"
                 record_retry(definition.name, error.type)
                 raise celery_task.retry(countdown=delay, kwargs={"job_id": job_id, "attempt": attempt + 1},
-                                        max_retries=None) from None
-            return
-        store.finish_if(job_id, attempt, JobStatus.FAILED, only_from=RUNNING, error=error,
-                        progress=reporter.snapshot(), dead_letter=True, seq_floor=last_seq[0])
-        return
+                                        exc=exc, max_retries=None, task_id=next_task_id) from None
+            metrics.outcome = "fenced"
+            raise Ignore() from None
+        if store.finish_if(job_id, attempt, JobStatus.FAILED, only_from=RUNNING, error=error,
+                           progress=reporter.snapshot(), dead_letter=True, seq_floor=last_seq[0]):
+            raise JobFailed(f"{error.type}: {error.message}") from exc
+        metrics.outcome = "fenced"
+        raise Ignore() from None
     reporter.close()
     if reporter.fenced:
         metrics.outcome = "fenced"
-        return
+        raise Ignore()
     sql_writer.write(reporter.snapshot(), reporter.last_checkpoint)
     store.finish_if(job_id, attempt, JobStatus.SUCCEEDED, only_from=RUNNING, result=_jsonable(result),
                     progress=reporter.snapshot(complete=True), seq_floor=last_seq[0])
