@@ -103,7 +103,9 @@ def setup_tracing(service_name: str, *, celery: bool = False, redis: bool = True
     if sqlalchemy:
         from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
-        SQLAlchemyInstrumentor().instrument(tracer_provider=provider)
+        # Its declared range stops below SQLAlchemy 2.1, which it traces all the same (engine events);
+        # tests/test_tracing.py checks the SQL spans are there.
+        SQLAlchemyInstrumentor().instrument(tracer_provider=provider, skip_dep_check=True)
     if celery:
         from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
@@ -192,6 +194,16 @@ def job_context(job_id: str, attempt: int) -> Iterator[None]:
         yield
     finally:
         _job.reset(token)
+
+
+def enter_job(job_id: str, attempt: int) -> Any:
+    """`job_context` for code that cannot use a `with` block (Celery's prerun/postrun signals): returns the
+    token to give to `leave_job`."""
+    return _job.set((job_id, attempt))
+
+
+def leave_job(token: Any) -> None:
+    _job.reset(token)
 
 
 def install_log_fields() -> None:

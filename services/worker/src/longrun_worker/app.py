@@ -89,6 +89,16 @@ def _connect_process_hooks(app: Celery, settings: Settings) -> None:
         telemetry.setup_tracing("longrun-worker", celery=True)
         reset_resources()  # never share the parent's connections after the fork
 
+    def task_starts(task_id: str = "", kwargs: dict[str, Any] | None = None, **_: Any) -> None:
+        # From before the task runs until after Celery logged how it ended: those lines carry the job too.
+        if kwargs and "job_id" in kwargs:
+            state[f"log:{task_id}"] = telemetry.enter_job(str(kwargs["job_id"]), int(kwargs.get("attempt", 1)))
+
+    def task_ends(task_id: str = "", **_: Any) -> None:
+        token = state.pop(f"log:{task_id}", None)
+        if token is not None:
+            telemetry.leave_job(token)
+
     def child_exits(**_: Any) -> None:
         telemetry.shutdown_tracing()  # pool processes leave with os._exit: export what is buffered now
 
@@ -128,6 +138,8 @@ def _connect_process_hooks(app: Celery, settings: Settings) -> None:
     signals.worker_init.connect(publish_catalog, weak=False)
     signals.worker_process_init.connect(fresh_resources, weak=False)
     signals.worker_process_shutdown.connect(child_exits, weak=False)
+    signals.task_prerun.connect(task_starts, weak=False)
+    signals.task_postrun.connect(task_ends, weak=False)
     signals.worker_ready.connect(start_maintenance, weak=False)
     signals.task_received.connect(record_claim, weak=False)
     signals.worker_shutting_down.connect(drain, weak=False)
