@@ -35,6 +35,7 @@ class OtlpReceiver:
     port: int = field(default_factory=free_port)
     spans: list[Span] = field(default_factory=list)
     requests: int = 0
+    decode: bool = True  # False: accept and count exports only (benchmarks: no decoding cost in the client)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
 
@@ -54,7 +55,11 @@ class OtlpReceiver:
                     self.send_response(404)
                     self.end_headers()
                     return
-                receiver._add(ExportTraceServiceRequest.FromString(body))
+                if receiver.decode:
+                    receiver._add(ExportTraceServiceRequest.FromString(body))
+                else:
+                    with receiver._lock:
+                        receiver.requests += 1
                 reply = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")

@@ -130,6 +130,20 @@ def shutdown_tracing() -> None:
         _state.pop("provider", None)
 
 
+@contextlib.contextmanager
+def suspended() -> Iterator[None]:
+    """Behave as if tracing were off inside (benchmarks compare on and off in one process): no Longrun spans,
+    and the Redis / SQLAlchemy instrumentations stand aside too."""
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    saved: dict[str, Any] = {key: _state.pop(key) for key in ("provider", "tracer") if key in _state}
+    try:
+        with suppress_instrumentation():
+            yield
+    finally:
+        _state.update(saved)
+
+
 def tracer() -> Tracer:
     tracer_: Tracer | None = _state.get("tracer")
     return tracer_ if tracer_ is not None else trace.get_tracer("longrun")
