@@ -93,7 +93,7 @@ def test_every_service_exports_its_documented_metrics(services: ServiceFactory, 
     assert ("longrun_job_seconds_since_report", (("task", "demo.steps"),)) not in found  # nothing runs
     assert not any(job_id in str(key) for key in found for job_id in done), "a job id in a label"
 
-    # Gateway: its SQL gauges see a queued job (no worker consumes `low`… so stop the worker first).
+    # Gateway: its SQL gauges see a queued job (the worker is stopped first, so that it stays queued).
     worker.stop()
     waiting = submit(store, "demo.steps", {"steps": 1}, tenant="acme")
     text = scrape(gateway.url + "/metrics")

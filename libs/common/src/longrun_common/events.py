@@ -46,7 +46,6 @@ class Event(BaseModel):
     error: JobError | None = None
     result: Any = None
     next_retry_at: float | None = None
-    traceparent: str | None = Field(None, description="W3C trace context of the publishing span, when traced")
 
     def frame(self) -> dict[str, Any]:
         """The wire dict: optional fields appear only when set."""
