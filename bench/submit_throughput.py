@@ -238,6 +238,7 @@ PARTS = [
     ("handler: idempotency digest etc.", "submit (longrun_gateway/submission.py"),
     ("handler: JSONResponse + rest", "submit_job (longrun_gateway/routes/jobs.py"),
     ("request body parse + pydantic", "parse (longrun_gateway/deps.py"),
+    ("auth (API key: bootstrap, cache or SQL)", "longrun_gateway/auth.py"),
     ("auth (get_tenant)", "get_tenant (longrun_gateway/deps.py"),
     ("threadpool hand-off (anyio)", "anyio/"),
     ("FastAPI routing + dependencies", "fastapi/"),

@@ -19,7 +19,7 @@ from .jobs import close_store, make_store
 from .processes import Service, free_port, python_module, service_env
 from .servers import postgres_url_for_tests, redis_url_for_tests
 
-TABLES = ("dead_letters", "idempotency_keys", "attempts", "files", "tasks", "jobs")
+TABLES = ("api_keys", "dead_letters", "idempotency_keys", "attempts", "files", "tasks", "jobs")
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from celery import Celery
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from .keys import Keys
+from .redis_clients import CONNECT_TIMEOUT
 from .settings import Settings
 
 QUEUES = ("default", "high", "low")
@@ -29,6 +30,11 @@ def create_celery(settings: Settings, *, name: str = "longrun") -> Celery:
             # Ten priority levels (kombu's default is four), served lowest number first.
             "priority_steps": list(range(10)),
             "queue_order_strategy": "priority",
+            # Bound a (re)connect to a Redis host that does not answer, as every other client does
+            # (redis_clients.py): kombu's default waits as long as the OS does (minutes), with the worker's
+            # event loop standing still meanwhile.
+            "socket_connect_timeout": CONNECT_TIMEOUT,
+            "socket_keepalive": True,
         },
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,

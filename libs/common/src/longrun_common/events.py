@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from .states import JobStatus
 
 
 class Progress(BaseModel):
@@ -31,25 +29,6 @@ class JobError(BaseModel):
     message: str
     traceback: str | None = None
     retryable: bool = False
-
-
-class Event(BaseModel):
-    """One job event. `seq` is per job, contiguous from 1; `ts` is the publisher's wall clock."""
-
-    type: Literal["progress", "status"]
-    job_id: str
-    seq: int
-    ts: float
-    status: JobStatus
-    progress: Progress = Field(default_factory=Progress)
-    attempt: int = 1
-    error: JobError | None = None
-    result: Any = None
-    next_retry_at: float | None = None
-
-    def frame(self) -> dict[str, Any]:
-        """The wire dict: optional fields appear only when set."""
-        return self.model_dump(mode="json", exclude_none=True)
 
 
 def dumps(value: Any) -> str:

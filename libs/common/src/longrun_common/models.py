@@ -125,3 +125,27 @@ class IdempotencyKey(SQLModel, table=True):
     request_hash: str = Field(max_length=64)
     job_id: str = Field(foreign_key="jobs.id", max_length=36)
     expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key: its tenant, scopes and lifetime, and a keyed hash of it (never the key itself).
+
+    `id` is the key's public lookup part (`lr_<id>_<secret>`), so a request finds its row by primary key.
+    """
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_tenant_created", "tenant", "created_at", "id"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    tenant: str = Field(max_length=64)
+    name: str = Field(max_length=128)
+    scopes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    secret_hash: str = Field(max_length=64)
+    created_by: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
+    last_used_at: datetime | None = _ts()
+    expires_at: datetime | None = _ts()
+    revoked_at: datetime | None = _ts()
+    # Rotation: the successor's id, and until when this key still works beside it.
+    replaced_by: str | None = Field(default=None, max_length=32)
+    grace_until: datetime | None = _ts()

@@ -62,17 +62,6 @@ class Reader:
     async def asnapshot(self, client: aioredis.Redis[bytes], job_id: str) -> dict[str, Any] | None:
         return decode_snapshot(await client.hgetall(self.keys.job(job_id)))
 
-    async def aevents_after(
-        self, client: aioredis.Redis[bytes], job_id: str, after_seq: int, count: int | None = None
-    ) -> list[dict[str, Any]]:
-        entries = await client.xrange(self.keys.stream(job_id), min=stream_range(after_seq), count=count)
-        return decode_entries(entries)
-
-    async def aoldest_seq(self, client: aioredis.Redis[bytes], job_id: str) -> int | None:
-        """The smallest seq the stream still holds (None when empty)."""
-        first = await client.xrange(self.keys.stream(job_id), count=1)
-        return int(_text(first[0][0]).split("-")[0]) if first else None
-
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)

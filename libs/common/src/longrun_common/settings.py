@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     cancel_grace_seconds: float = Field(10.0, ge=0, description="after this a running job is cancelled by force")
     drain_seconds: float = Field(20.0, ge=0, description="on SIGTERM, running jobs get this long to finish")
     tenant_rate_limit: float = Field(0.0, ge=0, description="submissions per second per tenant, 0 = unlimited")
+    # API keys in SQL (longrun_common.apikeys): the hash key, and how long a gateway trusts what it read.
+    api_key_pepper: str = Field("", description="keys the stored API-key hashes; empty = derived from token_secret")
+    api_key_cache_seconds: float = Field(
+        5.0, ge=0, le=300, description="a gateway re-reads a SQL key this often: the delay before a revocation bites"
+    )
     maintenance: bool = Field(True, description="run the reaper and reconciler in this gateway / worker")
     reaper_interval: float = Field(1.0, gt=0, description="how often the reaper looks for expired leases")
     worker_metrics_port: int = Field(0, ge=0, le=65535, description="worker /metrics port; 0 = not served")
@@ -87,6 +92,13 @@ class Settings(BaseSettings):
             self.api_keys = self.api_keys or DEV_API_KEYS
             self.token_secret = self.token_secret or DEV_TOKEN_SECRET
         _ = self.tenant_by_key  # parse now so a malformed value fails at start-up, not on first request
+        return self
+
+    @model_validator(mode="after")
+    def _api_key_pepper_strength(self) -> Settings:
+        # Empty means "derived from the token secret", which production already requires to be strong.
+        if self.api_key_pepper and len(self.api_key_pepper) < 32:
+            raise ValueError("LONGRUN_API_KEY_PEPPER must be at least 32 characters (or unset)")
         return self
 
     @cached_property

@@ -1,10 +1,14 @@
-"""`python -m longrun_gateway [--workers N] [--access-log]`: migrate the database, then serve the API with uvicorn."""
+"""`python -m longrun_gateway [--workers N] [--access-log]`: migrate the database, then serve the API with uvicorn.
+
+`python -m longrun_gateway keys …` manages API keys instead (see keys_cli.py).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +49,11 @@ def _positive(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["keys"]:
+        from . import keys_cli  # only this command needs it
+
+        raise SystemExit(keys_cli.main(argv[1:]))
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()

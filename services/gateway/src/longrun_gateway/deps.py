@@ -7,7 +7,6 @@ handlers and dependencies, which run in the threadpool.
 
 from __future__ import annotations
 
-import hmac
 import json
 import math
 from collections.abc import Awaitable, Callable, Iterator
@@ -17,10 +16,12 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 from sqlmodel import Session
 
+from longrun_common.apikeys import Scope
 from longrun_common.jobs import JobStore
 from longrun_common.settings import Settings
 
-from .errors import ApiError, field_path, invalid, invalid_many, pydantic_problems
+from .auth import Principal, require
+from .errors import field_path, invalid, invalid_many, pydantic_problems
 from .state import Gateway
 
 M = TypeVar("M", bound=BaseModel)
@@ -53,30 +54,23 @@ SessionDep = Annotated[Session, Depends(get_session)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 
 
-async def get_tenant(request: Request, settings: SettingsDep) -> str:
-    """The tenant of the request's API key (`Authorization: Bearer <key>`), or 401."""
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
-    key = key.strip()
-    if not header:
-        raise _unauthorized("missing Authorization header; send `Authorization: Bearer <api key>`")
-    if scheme.lower() != "bearer" or not key:
-        raise _unauthorized("malformed Authorization header; expected `Bearer <api key>`")
-    tenant = None
-    # Compare against every key in constant time so response timing does not reveal near-misses.
-    for candidate, owner in settings.tenant_by_key.items():
-        if hmac.compare_digest(candidate.encode(), key.encode()):
-            tenant = owner
-    if tenant is None:
-        raise _unauthorized("invalid API key")
-    return tenant
+async def get_principal(request: Request, gateway: GatewayDep) -> Principal:
+    """The caller behind `Authorization: Bearer <key>` (a bootstrap or SQL key), or 401."""
+    return await gateway.auth.authenticate(request.headers.get("authorization", ""))
 
 
-def _unauthorized(message: str) -> ApiError:
-    return ApiError(401, message, headers={"WWW-Authenticate": 'Bearer realm="longrun"'})
+async def get_tenant(request: Request, gateway: GatewayDep) -> str:
+    """The tenant of the request's API key, which must carry the `jobs` scope (401 / 403)."""
+    return require(await get_principal(request, gateway), Scope.JOBS).tenant
+
+
+async def get_admin(request: Request, gateway: GatewayDep) -> Principal:
+    """The caller of a key-management route: a key with the `admin` scope (401 / 403)."""
+    return require(await get_principal(request, gateway), Scope.ADMIN)
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]
+AdminDep = Annotated[Principal, Depends(get_admin)]
 
 
 async def limit_submissions(tenant: TenantDep, gateway: GatewayDep) -> None:

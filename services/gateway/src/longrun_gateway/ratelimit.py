@@ -20,7 +20,7 @@ from longrun_common.keys import Keys
 from .errors import ApiError
 
 if TYPE_CHECKING:
-    from .state import AsyncRedis
+    from longrun_common.redis_clients import AsyncRedis
 
 log = logging.getLogger(__name__)
 

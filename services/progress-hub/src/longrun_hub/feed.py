@@ -26,6 +26,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from longrun_common.keys import Keys
+from longrun_common.redis_clients import async_pool
 
 from .metrics import HubMetrics
 
@@ -49,7 +50,8 @@ class RedisFeed:
         backoff_max: float = 2.0,
         health_interval: float = 5.0,
     ) -> None:
-        self._pool: aioredis.ConnectionPool[Any] = aioredis.ConnectionPool.from_url(url)
+        # Reconnects and health checks are this class's own: the connection must not retry behind its back.
+        self._pool: aioredis.ConnectionPool[Any] = async_pool(url, retries=0, health_check=False)
         self.keys = keys
         self.metrics = metrics
         self._on_message = on_message

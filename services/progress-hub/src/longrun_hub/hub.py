@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 from longrun_common import telemetry
 from longrun_common.keys import Keys
 from longrun_common.reader import decode_snapshot, stream_range
+from longrun_common.redis_clients import async_blocking_redis
 from longrun_common.settings import Settings
 from longrun_common.states import TERMINAL
 from longrun_common.tokens import StreamScope
@@ -103,10 +104,9 @@ class Hub:
         self.metrics = metrics or HubMetrics()
         self.limits = Limits.from_settings(settings)
         self.seam_hook = seam_hook
-        self.redis: aioredis.Redis[bytes] = aioredis.Redis(
-            connection_pool=aioredis.BlockingConnectionPool.from_url(
-                settings.redis_url, max_connections=settings.hub_redis_pool_size, timeout=settings.hub_subscribe_timeout
-            )
+        # Snapshot and replay reads; a connection a Redis restart closed is replaced unnoticed (redis_clients.py).
+        self.redis: aioredis.Redis[bytes] = async_blocking_redis(
+            settings.redis_url, max_connections=settings.hub_redis_pool_size, timeout=settings.hub_subscribe_timeout
         )
         self.feed = RedisFeed(
             settings.redis_url,

@@ -1,18 +1,25 @@
 """`python -m longrun_worker [celery worker options]`: migrate, then run a Celery worker for Longrun's queues.
 
-Nothing is imported at module level but the standard library: PROMETHEUS_MULTIPROC_DIR must be set before
+Nothing that imports prometheus_client is imported at module level: PROMETHEUS_MULTIPROC_DIR must be set before
 prometheus_client is first imported (it picks its value store then), so that every pool process writes its
 metrics where the main process reads them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+log = logging.getLogger("longrun_worker")
 
 
 def prepare_multiprocess_dir() -> Path:
@@ -30,7 +37,7 @@ def prepare_multiprocess_dir() -> Path:
     return path
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
     prepare_multiprocess_dir()
 
     from longrun_common.celery_app import QUEUES
@@ -51,8 +58,30 @@ def main(argv: list[str]) -> None:
         options += ["--loglevel", "INFO"]
     # Mingle/gossip sync Celery's in-memory revokes between workers; Longrun keeps cancels in SQL and Redis,
     # so they only slow start-up.
-    app.worker_main(["worker", "--events", "--without-mingle", "--without-gossip", *options])
+    code = run_worker(app, ["worker", "--events", "--without-mingle", "--without-gossip", *options])
+    if code:
+        # Celery has already logged why ("Unrecoverable error: …"); say what happens next, in words an operator
+        # searching the logs finds, and exit non-zero so that a supervisor restarts the worker.
+        log.critical("worker stopped with exit code %s; exiting so that its supervisor restarts it", code)
+    return code
+
+
+def run_worker(app: Celery, argv: list[str]) -> int:
+    """`app.worker_main(argv)`, keeping the worker's exit status.
+
+    Celery's `worker_main` drops it: a worker that ended on an unrecoverable error exited 0, and a supervisor
+    that restarts only failed processes (systemd `Restart=on-failure`, a Job/Pod with `restartPolicy:
+    OnFailure`) left it down.
+    """
+    from celery.bin.celery import celery as cli
+
+    cli.params[0].default = app  # what `app.start` does: the CLI's --app defaults to this app
+    try:
+        code = cli.main(args=argv, standalone_mode=False)  # returns the code of `ctx.exit(worker.exitcode)`
+    finally:
+        cli.params[0].default = None
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from celery import Celery, Task, signals
@@ -18,7 +19,7 @@ from longrun_common.models import Job
 from longrun_common.settings import Settings
 from longrun_common.states import JobStatus
 
-from . import metrics, tasks  # noqa: F401  (tasks: registers the built-in tasks)
+from . import broker, metrics, tasks  # noqa: F401  (tasks: registers the built-in tasks)
 from .api import REGISTRY, TaskDefinition
 from .catalog import register_catalog
 from .resources import Resources, get_resources, reset_resources
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 def create_worker_app(settings: Settings) -> Celery:
     """A Celery app that runs every registered Longrun task."""
     check_visibility_timeout(settings)
+    broker.install()  # keeps the worker alive through Redis outages (kombu defect, see broker.py)
     app = create_celery(settings)
     # Every log line written during a job says which job, attempt and trace (longrun_common.telemetry).
     telemetry.install_log_fields()
@@ -171,9 +173,7 @@ def _announce_presence(res: Resources, settings: Settings, hostname: str) -> thr
 
 def _drain_after(settings: Settings, app: Celery, hostname: str) -> None:
     """After the drain window, ask this worker's still-running jobs to checkpoint and go back to the queue."""
-    stop = threading.Event()
-    if stop.wait(settings.drain_seconds):
-        return
+    time.sleep(settings.drain_seconds)
     res = get_resources(settings, app)
     with Session(res.engine) as session:
         running = list(session.exec(select(Job).where(Job.status == JobStatus.RUNNING.value, Job.worker == hostname)))

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 
 import redis
 from celery import Celery
+from redis.backoff import ExponentialWithJitterBackoff  # type: ignore[attr-defined]  # types-redis lags redis 8
 from sqlalchemy import Engine
 
 from longrun_common.db import create_db_engine
 from longrun_common.jobs import JobStore
 from longrun_common.keys import Keys
 from longrun_common.publisher import Publisher
+from longrun_common.redis_clients import sync_redis
 from longrun_common.settings import Settings
 
 from .taskevents import TaskEvents
@@ -41,7 +43,9 @@ def get_resources(settings: Settings, celery: Celery) -> Resources:
         if _current is None or _current[0] != os.getpid():
             keys = Keys(settings.key_prefix)
             engine = create_db_engine(settings)
-            client = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+            # A worker rides out a short Redis blip (redis-py's own default: 10 retries, backed off from
+            # 10 ms to 1 s) rather than fail a report; the options are every service's (redis_clients.py).
+            client = sync_redis(settings.redis_url, retries=10, backoff=ExponentialWithJitterBackoff(base=0.01, cap=1))
             publisher = Publisher(keys, stream_maxlen=settings.stream_maxlen,
                                   event_ttl_seconds=settings.event_ttl_seconds)
             store = JobStore(engine, client, keys, publisher, celery)

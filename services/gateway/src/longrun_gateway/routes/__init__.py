@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import dashboard, dead_letters, files, health, jobs, tasks, tokens
+from . import admin_keys, dashboard, dead_letters, files, health, jobs, tasks, tokens
 
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
@@ -13,5 +13,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     tokens.router,
     files.router,
     dead_letters.router,
+    admin_keys.router,
     dashboard.router,
 )
