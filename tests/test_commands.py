@@ -165,11 +165,11 @@ def test_devredis_starts_a_redis_once_and_down_stops_only_that(tmp_path: Path) -
 
 @pytest.mark.e2e
 def test_makefile_has_every_documented_target() -> None:
-    """DESIGN.md's commands (and the internal ones the README names) exist; `make -n` only prints them."""
+    """The documented commands (and the internal ones the README names) exist; `make -n` only prints them."""
     if shutil.which("make") is None:
         pytest.fail("make is not installed")
     targets = ["up", "down", "test", "gateway", "hub", "worker", "flower", "bench", "lint",
-               "install", "sync", "redis", "migrate", "browsers", "clean"]
+               "install", "sync", "redis", "migrate", "browsers", "clean", "images", "rehearse"]
     for target in targets:
         done = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=30,
                               check=False)

@@ -114,7 +114,7 @@ def assert_progress_monotonic(evs: list[dict[str, Any]]) -> None:
         last[attempt] = current
 
 
-def queued_messages(client: redis.Redis, prefix: str, queue: str = "default") -> list[dict[str, Any]]:
+def queued_messages(client: redis.Redis[bytes], prefix: str, queue: str = "default") -> list[dict[str, Any]]:
     """Celery messages waiting in a Longrun queue: kombu prefixes its keys with `{p}:celery:` and keeps each
     priority level but the first in a sub-list `{queue}\\x06\\x16{level}` (levels 0-9, see celery_app.py)."""
     base = f"{prefix}:celery:{prefix}.{queue}"

@@ -100,7 +100,7 @@ def redis_url_for_tests() -> Iterator[str]:
         finally:
             server.stop()
         return
-    with _container("redis") as url:
+    with container_url("redis") as url:
         yield url
 
 
@@ -126,7 +126,7 @@ def postgres_url_for_tests() -> Iterator[str]:
     if not _pg_answers(server_url):
         private, server_url = _start_private_postgres()
     if private is None and not _pg_answers(server_url):
-        with _container("postgres") as url:
+        with container_url("postgres") as url:
             yield url
         return
     import psycopg
@@ -163,19 +163,28 @@ def _start_private_postgres() -> tuple[subprocess.Popen[bytes], str]:
     return process, f"postgresql://postgres@127.0.0.1:{port}/postgres"
 
 
+# The images the testcontainers path runs; `make rehearse` points them at images built here from Debian's
+# packages (localhost/longrun-redis:7, localhost/longrun-postgres:15), since no registry may be reachable.
+CONTAINER_IMAGES = {"redis": ("LONGRUN_TEST_REDIS_IMAGE", "redis:7"),
+                    "postgres": ("LONGRUN_TEST_POSTGRES_IMAGE", "postgres:16")}
+
+
 @contextlib.contextmanager
-def _container(kind: str) -> Iterator[str]:
-    """testcontainers fallback: only where a Docker engine answers."""
+def container_url(kind: str) -> Iterator[str]:
+    """testcontainers: a Redis or PostgreSQL container on the Docker engine of DOCKER_HOST (or Podman's
+    Docker-compatible service); its URL. The fallback where no URL is configured and no binary exists."""
+    variable, default = CONTAINER_IMAGES[kind]
+    image = os.environ.get(variable) or default
     try:
         if kind == "redis":
-            from testcontainers.redis import RedisContainer
+            from testcontainers.community.redis import RedisContainer
 
-            with RedisContainer() as container:
+            with RedisContainer(image) as container:
                 yield f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/0"
         else:
-            from testcontainers.postgres import PostgresContainer
+            from testcontainers.community.postgres import PostgresContainer
 
-            with PostgresContainer("postgres:16", driver=None) as container:
+            with PostgresContainer(image, driver=None) as container:
                 yield container.get_connection_url()
     except Exception as exc:  # no engine: fail loudly, as STYLE.md asks
         raise RuntimeError(f"no {kind} for tests: none configured, no binary, no Docker engine ({exc})") from exc

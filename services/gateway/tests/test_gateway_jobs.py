@@ -191,8 +191,12 @@ async def test_empty_catalog_says_so(client: httpx.AsyncClient) -> None:
         session.commit()
     assert (await client.get("/v1/tasks", headers=DEV)).json() == {"tasks": []}
     response = await client.post("/v1/jobs", json={"task": "demo.steps", "args": {"steps": 1}}, headers=DEV)
-    assert response.status_code == 422
-    assert "known tasks: none registered yet" in error_of(response)["message"]
+    # Not "no such task": on a fresh deployment the workers have not registered yet; the client retries.
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    error = error_of(response)
+    assert error["code"] == "unavailable" and error["details"] == {"dependency": "catalog", "task": "demo.steps"}
+    assert "no worker has registered its tasks yet" in error["message"]
 
 
 async def test_submit_takes_one_threadpool_hop(lite_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import fcntl
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from .settings import Settings
 
@@ -46,27 +57,107 @@ def alembic_config(settings: Settings) -> Config:
     return config
 
 
+@contextlib.contextmanager
+def _sqlite_migration_lock(settings: Settings) -> Iterator[None]:
+    """An exclusive file lock next to a SQLite database file, held while migrating.
+
+    SQLite has no advisory lock, and alembic reads the version table before its DDL takes SQLite's write lock:
+    two services migrating a fresh file at once both see no tables and the second fails (`table ... already
+    exists`). The lock file sits beside the database so every process that opens it agrees on the lock.
+    """
+    url = make_url(settings.sqlalchemy_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        yield
+        return
+    lock_path = Path(url.database + ".migrate.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def migrate(settings: Settings) -> None:
-    """Bring the database to the newest schema (idempotent; safe from several processes on PostgreSQL)."""
+    """Bring the database to the newest schema (idempotent; safe from several processes at once: PostgreSQL
+    takes an advisory lock, SQLite a file lock next to the database; the later ones wait and find it done)."""
+    with _sqlite_migration_lock(settings):
+        engine = create_db_engine(settings)
+        try:
+            with engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7410001)")
+                config = alembic_config(settings)
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        finally:
+            engine.dispose()
+
+
+def schema_is_current(settings: Settings) -> bool:
+    """True when the database answers and its schema is at the newest migration."""
+    heads = set(ScriptDirectory.from_config(alembic_config(settings)).get_heads())
     engine = create_db_engine(settings)
     try:
-        with engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                # Several services may start at once; one migrates, the others wait and find it done.
-                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7410001)")
-            config = alembic_config(settings)
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+        with engine.connect() as connection:
+            current = set(MigrationContext.configure(connection).get_current_heads())
+    except SQLAlchemyError:
+        return False  # not reachable yet, or mid-migration: the caller asks again
     finally:
         engine.dispose()
+    return current == heads
 
 
-def main() -> None:
-    """`python -m longrun_common.db`: migrate the configured database."""
+def wait_for_schema(settings: Settings, timeout: float, interval: float = 1.0) -> bool:
+    """Wait until the schema is current (someone else migrates it: the chart's hook Job); False on timeout."""
+    deadline = time.monotonic() + timeout
+    while not schema_is_current(settings):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+SCHEMA_WAIT_SECONDS = 300.0
+
+
+def ensure_schema(settings: Settings) -> None:
+    """What a service does at start: migrate (LONGRUN_MIGRATE_ON_START, the default), or wait for whoever
+    migrates (the chart's migrations Job) instead of racing it; RuntimeError if the schema never comes."""
+    if settings.migrate_on_start:
+        migrate(settings)
+        return
+    shown = make_url(settings.sqlalchemy_url).render_as_string(hide_password=True)
+    if not wait_for_schema(settings, SCHEMA_WAIT_SECONDS):
+        raise RuntimeError(f"the database schema is not current after {SCHEMA_WAIT_SECONDS:g}s: {shown} "
+                           "(LONGRUN_MIGRATE_ON_START is false: run `python -m longrun_common.db` first)")
+    # Said on stderr before any logging is set up: an operator reading a pod's log sees who migrated.
+    print(f"database schema current, migrations left to their own job: {shown}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m longrun_common.db`: migrate the configured database; with `--wait SECONDS`, only wait until
+    someone else has (what a service's init container runs, so services never race the migrations Job)."""
+    parser = argparse.ArgumentParser(prog="python -m longrun_common.db", description=main.__doc__)
+    parser.add_argument("--wait", type=float, metavar="SECONDS", default=None,
+                        help="do not migrate: wait up to SECONDS for the schema to be current; exit 1 if it is not")
+    args = parser.parse_args(argv)
+    # alembic reports each migration it runs ("Running upgrade a -> b") at INFO: the log shows what ran.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
+    shown = make_url(settings.sqlalchemy_url).render_as_string(hide_password=True)
+    if args.wait is not None:
+        if not wait_for_schema(settings, args.wait):
+            print(f"database schema not current after {args.wait:g}s: {shown} (has the migration run?)",
+                  file=sys.stderr)
+            return 1
+        print(f"database schema current: {shown}")
+        return 0
     migrate(settings)
-    print(f"database ready: {make_url(settings.sqlalchemy_url).render_as_string(hide_password=True)}")
+    print(f"database ready: {shown}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,7 +16,7 @@ DEV_TOKEN_SECRET = "longrun-dev-token-secret-change-me-in-production"
 
 
 class Settings(BaseSettings):
-    """One name per setting, as ../shared/DESIGN.md lists them; extras are Longrun-internal tuning."""
+    """One name per setting, as the README's Configuration section lists them; extras are Longrun-internal tuning."""
 
     model_config = SettingsConfigDict(env_prefix="LONGRUN_", extra="ignore")
 
@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     worker_max_tasks_per_child: int = 200
     default_queue: str = "default"
     bind_host: str = Field("127.0.0.1", description="address the gateway and hub listen on")
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="gateway and hub: a client's request headers must arrive within this (else 408)"
+    )
     idempotency_ttl_seconds: int = Field(24 * 3600, ge=60, description="how long an Idempotency-Key holds")
     cancel_grace_seconds: float = Field(10.0, ge=0, description="after this a running job is cancelled by force")
     drain_seconds: float = Field(20.0, ge=0, description="on SIGTERM, running jobs get this long to finish")
@@ -55,6 +58,9 @@ class Settings(BaseSettings):
         5.0, ge=0, le=300, description="a gateway re-reads a SQL key this often: the delay before a revocation bites"
     )
     maintenance: bool = Field(True, description="run the reaper and reconciler in this gateway / worker")
+    migrate_on_start: bool = Field(
+        True, description="gateway and worker migrate the database at start; false: they wait for the schema"
+    )
     reaper_interval: float = Field(1.0, gt=0, description="how often the reaper looks for expired leases")
     worker_metrics_port: int = Field(0, ge=0, le=65535, description="worker /metrics port; 0 = not served")
     # Progress hub (longrun_hub): per-client backpressure, keepalive, lifetime and Redis reconnects.

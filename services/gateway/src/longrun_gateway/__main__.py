@@ -15,7 +15,8 @@ from typing import Any
 import uvicorn
 
 from longrun_common import telemetry
-from longrun_common.db import migrate
+from longrun_common.db import ensure_schema
+from longrun_common.httpserver import server_options
 from longrun_common.settings import Settings
 
 from .app import create_app
@@ -57,13 +58,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
-    migrate(settings)
+    ensure_schema(settings)
     options: dict[str, Any] = {
         "host": settings.bind_host,
         "port": settings.gateway_port,
         "log_level": "info",
         "access_log": args.access_log,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
+        **server_options(settings),  # request line / header limits and deadline (414 / 431 / 408)
     }
     if args.workers == 1 and MULTIPROC_DIR not in os.environ:
         telemetry.setup_tracing("longrun-gateway", celery=True)

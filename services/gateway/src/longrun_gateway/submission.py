@@ -36,6 +36,8 @@ MAX_ARG_ERRORS = 20
 # How long a catalog row (and its compiled args schema) is reused before SQL is read again: a redeployed
 # worker's catalog change reaches submissions within this time.
 CATALOG_TTL_SECONDS = 5.0
+# A submission while no worker has registered the catalog yet is told to come back this many seconds later.
+CATALOG_EMPTY_RETRY_AFTER = 5
 _SCHEMA_ERRORS = (SchemaError, re.error, TypeError, ValueError)
 
 
@@ -86,7 +88,17 @@ def load_task(session: Session, name: str) -> tuple[TaskRecord, TaskPolicy]:
     record = session.get(TaskRecord, name)
     if record is None:
         known = sorted(session.exec(select(TaskRecord.name)).all())
-        listing = ", ".join(known) if known else "none registered yet (start a worker)"
+        if not known:
+            # No worker has published its catalog yet (a fresh deployment whose workers are still starting):
+            # the task may well exist in a minute, so this is "not yet", not "no such task".
+            raise ApiError(
+                503,
+                f"no worker has registered its tasks yet, so {name!r} cannot be checked; retry shortly",
+                code="unavailable",
+                details={"dependency": "catalog", "task": name},
+                headers={"Retry-After": str(CATALOG_EMPTY_RETRY_AFTER)},
+            )
+        listing = ", ".join(known)
         raise invalid("task", f"unknown task {name!r}; known tasks: {listing}", value=name, known=known)
     try:
         policy = TaskPolicy.model_validate(record.policy or {})

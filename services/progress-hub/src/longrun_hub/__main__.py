@@ -13,13 +13,16 @@ from __future__ import annotations
 import logging
 import re
 import socket
+from typing import Any
 
 import uvicorn
 
 from longrun_common import telemetry
+from longrun_common.httpserver import server_options
 from longrun_common.settings import Settings
 
 from .app import create_app
+from .frames import CLIENT_FRAME_MAX
 from .wsprotocol import HubWebSocketProtocol
 
 TOKEN = re.compile(r"((?:^|[?&;\s\"'])(?:access_)?token=)[^&\s\"';]+", re.IGNORECASE)
@@ -78,19 +81,24 @@ def main() -> None:
     # Delivery spans only: no per-command Redis spans on the hub's hot path.
     telemetry.setup_tracing("longrun-hub", redis=False, sqlalchemy=False)
     ping = settings.hub_ping_interval or None
+    options: dict[str, Any] = {
+        **server_options(settings),  # request line / header limits and deadline (414 / 431 / 408)
+        # uvicorn's "websockets-sansio" (no task per socket; keepalive pings on timers), lighter per idle socket
+        "ws": HubWebSocketProtocol,
+    }
     config = uvicorn.Config(
         create_app(settings),
         host=settings.bind_host,
         port=settings.hub_port,
-        ws=HubWebSocketProtocol,  # uvicorn's "websockets-sansio" (no task per socket; keepalive pings on timers),
-        # lighter per idle socket
         ws_ping_interval=ping,
         ws_ping_timeout=settings.hub_ping_timeout if ping else None,
         ws_per_message_deflate=False,  # ~40 KB of zlib state per socket for frames of a few hundred bytes
+        ws_max_size=CLIENT_FRAME_MAX,  # (uvicorn's default is 16 MiB)
         lifespan="on",
         access_log=False,
         backlog=4096,
         timeout_graceful_shutdown=max(1, int(settings.hub_shutdown_grace) + 1),
+        **options,
     )
     install_token_redaction()  # uvicorn.Config has configured its loggers by now
     HubServer(config).run()

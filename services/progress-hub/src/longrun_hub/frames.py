@@ -14,7 +14,18 @@ from longrun_common.views import snapshot_job
 MAX_SEQ = 2**63 - 1  # seqs are signed 64-bit in Redis (HINCRBY); a `since` above it cannot name an event
 
 # Job ids are UUIDs; anything that could not be one never reaches a Redis key (":" would name another key).
-JOB_ID = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+JOB_ID_MAX = 128
+JOB_ID = re.compile(rf"[A-Za-z0-9_.\-]{{1,{JOB_ID_MAX}}}")
+# Largest frame a client may send (uvicorn closes 1009 above it): a subscribe is about 200 bytes. It also bounds
+# what one frame can cost to parse, and uvicorn reads no further frame until the hub took this one.
+CLIENT_FRAME_MAX = 8 * 1024
+SHOWN_MAX = 40  # characters of a client's bad value quoted back in a message
+
+
+def shown(value: object) -> str:
+    """A client's value as quoted in an error message: its repr, cut short (never echo unbounded input)."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_MAX else text[: SHOWN_MAX - 1] + "…"
 
 
 def valid_job_id(value: object) -> bool:
@@ -73,7 +84,10 @@ def end_frame(job_id: str, seq: int) -> str:
 
 
 def error_frame(job_id: str | None, code: int, message: str) -> str:
-    """A per-job error on the multiplexed socket (the socket itself stays open)."""
+    """A per-job error on the multiplexed socket (the socket itself stays open). The job id is the client's
+    and may be anything: no longer than a job id can be, so an error never costs more than the frame asking."""
+    if job_id is not None and len(job_id) > JOB_ID_MAX:
+        job_id = job_id[:JOB_ID_MAX]
     return dumps({"type": "error", "job_id": job_id, "code": code, "message": message})
 
 
@@ -82,15 +96,18 @@ def parse_since(value: object) -> int | None:
     if value is None or value == "":
         return None
     if isinstance(value, bool):
-        raise ValueError(f"since must be a non-negative integer, got {value!r}")
+        raise ValueError(f"since must be a non-negative integer, got {shown(value)}")
     if isinstance(value, int):
         seq = value
-    elif isinstance(value, str) and value.strip().isdigit():
-        seq = int(value.strip())
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        digits = value.strip()  # (ASCII: "²" is a digit to isdigit() but not to int())
+        if len(digits.lstrip("0")) > len(str(MAX_SEQ)):
+            raise ValueError(f"since must be at most {MAX_SEQ}, got {shown(value)}")
+        seq = int(digits)
     else:
-        raise ValueError(f"since must be a non-negative integer, got {value!r}")
+        raise ValueError(f"since must be a non-negative integer, got {shown(value)}")
     if seq < 0:
-        raise ValueError(f"since must be a non-negative integer, got {value!r}")
+        raise ValueError(f"since must be a non-negative integer, got {shown(value)}")
     if seq > MAX_SEQ:
-        raise ValueError(f"since must be at most {MAX_SEQ}, got {value!r}")
+        raise ValueError(f"since must be at most {MAX_SEQ}, got {shown(value)}")
     return seq

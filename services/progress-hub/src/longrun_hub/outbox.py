@@ -38,11 +38,14 @@ PROGRESS, STATUS, SNAPSHOT, CONTROL = range(4)
 
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009  # sent by uvicorn / websockets for a client frame over the hub's limit
+CLOSE_INTERNAL = 1011
 CLOSE_RESTART = 1012
 CLOSE_TRY_AGAIN = 1013
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+SUBSCRIPTION_LIMIT = 4429  # only in multiplexed error frames (the socket stays open), never a close code
 
 
 class Disconnected(Exception):
@@ -162,14 +165,22 @@ class Connection:
     def push_snapshot(self, watcher: Watcher, seq: int, text: str) -> None:
         if self.closing:
             return
+        if len(self.items) - self.replay_queued >= self.limits.queue_limit:  # (subscribe, unsubscribe, … unread)
+            self.too_slow()
+            return
         item = Item(SNAPSHOT, watcher.job_id, seq, text)
         self.items.append(item)
         self.tail[watcher.job_id] = item
         self._wake()
 
     def push_control(self, text: str | None, close: tuple[int, str] | None = None, job_id: str = "") -> None:
-        """A hub frame (reconnect, error) and/or a close; bypasses the bounds, and a close ends the queue."""
+        """A hub frame (reconnect, error) and/or a close; a close ends the queue. A frame without a close counts
+        against `queue_limit` like any other (a client that sends bad frames and never reads what it is
+        answered is too slow); only a close always gets in, as it is the last item."""
         if self.closing:
+            return
+        if close is None and len(self.items) - self.replay_queued >= self.limits.queue_limit:
+            self.too_slow()
             return
         self.items.append(Item(CONTROL, job_id, 0, text or "", close=close))
         if close is not None:

@@ -2,7 +2,12 @@
 
 Each connection is two coroutines: the ASGI task drains the outbox into the socket, and a reader task
 notices the client leaving (and, on the multiplexed socket, handles subscribe / unsubscribe). Close codes
-need an accepted socket, so every refusal is accept-then-close with the code of DESIGN.md.
+need an accepted socket, so every refusal is accept-then-close with the code of docs/API.md.
+
+The two are tied together: the sender only learns that the client left from the reader, so a reader that
+ended without saying so (an exception from a frame) would leave a sender waiting forever on a socket nobody
+reads, still counted as connected. Whenever the reader ends, the connection is therefore closing: a bad frame
+closes it 1008, anything unexpected 1011 (and is logged).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -18,21 +24,27 @@ from urllib.parse import parse_qs
 from starlette.types import Receive, Scope, Send
 
 from .auth import StreamScope, TokenError, authorize, token_from
-from .frames import end_frame, error_frame, parse_since, valid_job_id
+from .frames import end_frame, error_frame, parse_since, shown, valid_job_id
 from .hub import Hub, Outcome
 from .outbox import (
     CLOSE_FORBIDDEN,
+    CLOSE_INTERNAL,
     CLOSE_NORMAL,
     CLOSE_NOT_FOUND,
     CLOSE_POLICY,
     CLOSE_RESTART,
     CLOSE_TRY_AGAIN,
     CLOSE_UNAUTHORIZED,
+    SUBSCRIPTION_LIMIT,
     Connection,
     Disconnected,
     Item,
 )
 from .wsprotocol import HubWebSocketProtocol
+
+log = logging.getLogger(__name__)
+
+CLOSE_REASON_BYTES = 123  # a close frame carries at most 125 bytes: the code (2) and the reason in UTF-8
 
 MUX_ERRORS = {
     Outcome.NOT_FOUND: (CLOSE_NOT_FOUND, "unknown job"),
@@ -62,15 +74,25 @@ class WsConnection(Connection):
         protocol = self._protocol
         return protocol is not None and protocol.send_text_now(text)
 
+    def _closed_by_server(self) -> bool:
+        """uvicorn closed the socket itself (a frame over the limit, text that is not UTF-8) and refuses any
+        further message; the reader learns it from the disconnect message, maybe after the sender tried."""
+        protocol = self._protocol
+        return protocol is not None and protocol.close_sent
+
     async def send_item(self, item: Item) -> None:
+        if self._closed_by_server():
+            raise Disconnected
         try:
             await self._send({"type": "websocket.send", "text": item.text})
         except OSError as exc:  # uvicorn's ClientDisconnected
             raise Disconnected from exc
 
     async def send_close(self, code: int, reason: str) -> None:
+        if self._closed_by_server():
+            raise Disconnected
         try:
-            await self._send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+            await self._send({"type": "websocket.close", "code": code, "reason": close_reason(reason)})
         except OSError as exc:
             raise Disconnected from exc
 
@@ -107,8 +129,14 @@ class _Socket:
             return
         hub.add_connection(conn)
         reader = asyncio.get_running_loop().create_task(self.read(conn, receive, token_scope))
+        reader.add_done_callback(lambda task: _reader_ended(conn, task))
         try:
-            opened = await self.open(conn, query, job_id, token_scope)
+            try:
+                opened = await self.open(conn, query, job_id, token_scope)
+            except Exception:  # a bug, not the client's doing: still a clean close, never a silent socket
+                log.exception("closing a %s socket: opening it failed", conn.transport)
+                conn.close(CLOSE_INTERNAL, "internal error; reconnect")
+                opened = False
             del query  # holds the token: not kept for the connection's lifetime
             if opened:
                 lifetime = hub.settings.hub_max_connection_seconds
@@ -178,6 +206,10 @@ class MuxSocket(_Socket):
             if problem is not None:
                 conn.close(CLOSE_POLICY, problem)
                 return
+            if conn.items:
+                # uvicorn hands over every frame of a read at once: let the sender write this frame's answer
+                # before the next one, so the queue bounds measure how the client reads, not how it bursts.
+                await asyncio.sleep(0)
 
     async def _handle(self, conn: WsConnection, hub: Hub, message: Mapping[str, Any],
                       token_scope: StreamScope) -> str | None:
@@ -189,11 +221,13 @@ class MuxSocket(_Socket):
             frame = json.loads(text)
         except ValueError:
             return "frame is not JSON"
+        except RecursionError:  # nested deeper than the parser's stack (frames are small, but `[[[[…` is not)
+            return "frame is nested too deeply"
         if not isinstance(frame, dict):
             return "frame must be a JSON object"
         op, job_id = frame.get("op"), frame.get("job_id")
         if op not in ("subscribe", "unsubscribe"):
-            return f"unknown op {op!r}; expected 'subscribe' or 'unsubscribe'"
+            return f"unknown op {shown(op)}; expected 'subscribe' or 'unsubscribe'"
         if not isinstance(job_id, str) or not job_id:
             return f"{op} needs a job_id (string)"
         current = conn.watchers.get(job_id)
@@ -215,7 +249,7 @@ class MuxSocket(_Socket):
             return None
         if len(conn.watchers) >= hub.settings.hub_max_subscriptions:
             message_text = f"at most {hub.settings.hub_max_subscriptions} jobs per socket; unsubscribe first"
-            conn.push_control(error_frame(job_id, 4429, message_text), job_id=job_id)
+            conn.push_control(error_frame(job_id, SUBSCRIPTION_LIMIT, message_text), job_id=job_id)
             return None
         outcome = await hub.watch(conn, job_id, since, token_scope)
         if outcome in MUX_ERRORS:
@@ -223,6 +257,24 @@ class MuxSocket(_Socket):
         elif outcome is Outcome.FINISHED and since is not None:  # it had ended at `since`: nothing else comes
             conn.push_control(end_frame(job_id, since), job_id=job_id)
         return None
+
+
+def _reader_ended(conn: WsConnection, task: asyncio.Task[None]) -> None:
+    """The reader is done: the connection must be closing (see the module docstring)."""
+    if task.cancelled():  # by `_Socket.__call__`, after the sender ended
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("closing a %s socket: its reader failed", conn.transport, exc_info=exc)
+        conn.close(CLOSE_INTERNAL, "internal error; reconnect")
+    elif not conn.closing:  # (a reader returns only after a close or the peer leaving; kept as a guard)
+        conn.close(CLOSE_INTERNAL, "internal error; reconnect")
+
+
+def close_reason(reason: str) -> str:
+    """`reason` cut to what a close frame can carry (123 bytes of UTF-8, on a character boundary)."""
+    data = reason.encode("utf-8", "replace")  # (a lone surrogate would make the encoder fail)
+    return data[:CLOSE_REASON_BYTES].decode("utf-8", "ignore")
 
 
 def _first(query: dict[str, list[str]], name: str) -> str | None:

@@ -1,7 +1,8 @@
 """uvicorn's sans-I/O WebSocket protocol, lighter per idle socket.
 
-The same protocol (`uvicorn.protocols.websockets.websockets_sansio_impl`), with three changes that only concern
-memory held by each open socket:
+The same protocol (`uvicorn.protocols.websockets.websockets_sansio_impl`, through longrun_common's
+`AnsweringWebSocketsProtocol`, which answers a handshake websockets refused), with three changes that only
+concern memory held by each open socket:
 
 - the receive queue is `Inbox` (a list created on demand) instead of an `asyncio.Queue` (three deques, ~2 KB);
 - the "writable" flag is `Gate` (waiters created on demand) instead of an `asyncio.Event` (a deque, ~0.7 KB);
@@ -19,9 +20,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
 from websockets.protocol import State
+
+from longrun_common.httpserver import AnsweringWebSocketsProtocol
 
 
 class Inbox:
@@ -125,7 +127,7 @@ class Gate:
                     self._waiters = None
 
 
-class HubWebSocketProtocol(WebSocketsSansIOProtocol):
+class HubWebSocketProtocol(AnsweringWebSocketsProtocol):
     """`ws="websockets-sansio"` with a smaller footprint per socket (see the module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

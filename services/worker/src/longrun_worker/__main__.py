@@ -41,14 +41,14 @@ def main(argv: list[str]) -> int:
     prepare_multiprocess_dir()
 
     from longrun_common.celery_app import QUEUES
-    from longrun_common.db import migrate
+    from longrun_common.db import ensure_schema
     from longrun_common.keys import Keys
     from longrun_common.settings import Settings
 
     from .app import create_worker_app
 
     settings = Settings()
-    migrate(settings)
+    ensure_schema(settings)
     app = create_worker_app(settings)
     keys = Keys(settings.key_prefix)
     options = list(argv)
