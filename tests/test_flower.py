@@ -7,6 +7,7 @@ Longrun app (`-A longrun_worker.entry:app`), so events, remote control and queue
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 import time
@@ -102,3 +103,58 @@ def test_flower_sees_prefixed_workers_and_tasks(
                    what=f"worker {hostname} answering inspect", logs=flower)
     queues = {queue["name"] for queue in workers[hostname].get("active_queues", [])}
     assert store.keys.queue("default") in queues
+
+
+def flower_task(flower: Service, task_id: str, state: str, timeout: float = 30.0) -> dict[str, Any]:
+    tasks = poll(f"{flower.url}/api/tasks", lambda body: body.get(task_id, {}).get("state") == state,
+                 timeout=timeout, what=f"task {task_id} {state} in Flower", logs=flower)
+    return dict(tasks[task_id])
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_flower_matches_the_job_table(
+    services: ServiceFactory, flower: Service, store: JobStore, settings: Settings
+) -> None:
+    """Succeeded, failed, retried, cancelled (running and queued) and lost jobs: each attempt is its own Celery
+    task `{job_id}.{attempt}` and its state in Flower is what the job table says."""
+    env = {"LONGRUN_LEASE_SECONDS": "2", "LONGRUN_REAPER_INTERVAL": "0.3"}
+    first = services("worker", "--concurrency=1", env=env)
+
+    ok = submit(store, "demo.steps", {"steps": 2})
+    bad = submit(store, "demo.steps", {"steps": "many"})
+    retried = submit(store, "demo.steps", {"steps": 4, "fail_times": 1})
+    wait_for(store, [ok.id, bad.id, retried.id], timeout=60)
+    flower_task(flower, f"{ok.id}.1", "SUCCESS")
+    failed = flower_task(flower, f"{bad.id}.1", "FAILURE")
+    assert "invalid_args" in failed["exception"]
+    retry = flower_task(flower, f"{retried.id}.1", "RETRY")
+    assert "planned failure" in retry["exception"]
+    flower_task(flower, f"{retried.id}.2", "SUCCESS")  # the retry is a task of its own
+    assert store.get(retried.id).attempt == 2  # type: ignore[union-attr]
+
+    # A running job shows its latest progress; cancelled, it is a FAILURE saying so. A job cancelled while
+    # queued never runs: REVOKED.
+    running = submit(store, "demo.steps", {"steps": 100, "delay": 0.1})
+    wait_for(store, [running.id], statuses={"running"})
+    progress = flower_task(flower, f"{running.id}.1", "PROGRESS")
+    assert '"percent"' in str(progress["result"])
+    queued = submit(store, "demo.steps", {"steps": 1})
+    store.request_cancel(queued.id)
+    store.request_cancel(running.id)
+    assert [j.status for j in wait_for(store, [running.id, queued.id])] == ["cancelled", "cancelled"]
+    cancelled = flower_task(flower, f"{running.id}.1", "FAILURE")
+    assert "JobCancelled" in cancelled["exception"]
+    flower_task(flower, f"{queued.id}.1", "REVOKED")
+
+    # Its worker killed -9: the reaper ends the lost attempt in Flower too (RETRY), and the next attempt runs
+    # elsewhere as `.2`.
+    lost = submit(store, "demo.steps", {"steps": 30, "delay": 0.2})
+    wait_for(store, [lost.id], statuses={"running"})
+    flower_task(flower, f"{lost.id}.1", "PROGRESS")
+    first.signal_group(signal.SIGKILL)
+    services("worker", "--concurrency=1", env=env)
+    (done,) = wait_for(store, [lost.id], timeout=90)
+    assert done.status == "succeeded" and done.attempt == 2
+    retry = flower_task(flower, f"{lost.id}.1", "RETRY")
+    assert "lost" in retry["exception"]
+    flower_task(flower, f"{lost.id}.2", "SUCCESS")

@@ -142,3 +142,31 @@ def test_replicas_spread_over_nodes(ci_renders: dict[str, list[Manifest]], name:
     assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["whenUnsatisfiable"] == "ScheduleAnyway"
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert all(labels[k] == v for k, v in spread["labelSelector"]["matchLabels"].items())
+
+
+def test_monitoring_ships_the_tested_alerts_and_dashboard(ci_renders: dict[str, list[Manifest]]) -> None:
+    """The PrometheusRule and dashboard ConfigMap carry the files promtool and the Prometheus test check."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    chart = Path(__file__).resolve().parents[2] / "charts" / "longrun"
+    manifests = ci_renders["ingress-values.yaml"]
+    rule = named(manifests, "PrometheusRule", f"{RELEASE}-longrun")
+    shipped = yaml.safe_load((chart / "files" / "prometheus-rules.yaml").read_text())["groups"]
+    assert rule["spec"]["groups"] == shipped
+    assert "{{ $labels" in json.dumps(shipped)  # Prometheus templates reach Prometheus untouched
+    dashboards = named(manifests, "ConfigMap", f"{RELEASE}-longrun-dashboards")
+    assert json.loads(dashboards["data"]["longrun.json"]) == json.loads((chart / "dashboards" / "longrun.json")
+                                                                         .read_text())
+    assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+def test_workers_serve_metrics_on_the_podmonitor_port(ci_renders: dict[str, list[Manifest]]) -> None:
+    manifests = ci_renders["ingress-values.yaml"]
+    c = container(manifests, "Deployment", f"{RELEASE}-longrun-worker-default")
+    assert env_of(c)["LONGRUN_WORKER_METRICS_PORT"] == "9808"
+    assert {"name": "metrics", "containerPort": 9808, "protocol": "TCP"} in c["ports"]
+    monitor = named(manifests, "PodMonitor", f"{RELEASE}-longrun-worker")
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"

@@ -71,7 +71,8 @@ def test_workers_reach_only_dns_redis_and_the_database(ci_renders: dict[str, lis
     manifests = ci_renders[scenario]
     policy = named(manifests, "NetworkPolicy", f"{RELEASE}-longrun-worker")
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    assert policy["spec"]["ingress"] == []
+    # Nothing reaches a worker but a metrics scrape (on by default).
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
     ports = [[(p["port"], p["protocol"]) for p in rule["ports"]] for rule in policy["spec"]["egress"]]
     assert ports == [[(53, "UDP"), (53, "TCP")], [(redis_port, "TCP")], [(db_port, "TCP")]]
     dns, redis, database = policy["spec"]["egress"]

@@ -35,6 +35,19 @@ def send_job(celery: Celery, keys: Keys, job: Job, *, countdown: float | None = 
     celery.send_task(job.task, kwargs={"job_id": job.id, "attempt": job.attempt}, **options)
 
 
+def announce_attempt_end(celery: Celery, *, task_id: str, hostname: str, error_type: str, message: str,
+                         retried: bool) -> None:
+    """Tell Flower that an attempt ended without its worker saying so (the worker vanished, or its pool process
+    was killed to force a cancel): Flower saw `task-started` and nothing since, and would show the task STARTED
+    forever. Sent as that worker (`hostname`), for the attempt's task id: FAILURE, or RETRY when it retries."""
+    if not celery.conf.worker_send_task_events:
+        return
+    exception = f"{error_type}: {message}"
+    with celery.events.default_dispatcher(hostname=hostname) as dispatcher:
+        dispatcher.send("task-retried" if retried else "task-failed", uuid=task_id, exception=exception,
+                        traceback=f"recorded by the Longrun reaper: {exception}")
+
+
 def queue_depth(client: redis.Redis[bytes], keys: Keys, queue: str) -> int:
     """Messages waiting in a Longrun queue, over all its priority levels."""
     base = f"{keys.prefix}:celery:{keys.queue(queue)}"

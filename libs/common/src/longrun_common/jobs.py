@@ -16,6 +16,7 @@ from celery import Celery
 from sqlalchemy import Engine, func, update
 from sqlmodel import Session, col, delete, select
 
+from . import telemetry
 from .catalog import TaskPolicy
 from .dispatch import send_job
 from .events import JobError, Progress, now
@@ -76,7 +77,7 @@ class JobStore:
 
         If Redis is down after the commit the job is still accepted: the reconciler publishes it later.
         """
-        with self.session() as session:
+        with self.session() as session, telemetry.span("commit job", attributes={"longrun.job_id": job.id}):
             session.add(job)
             if idempotency is not None:
                 # No ORM relationship orders these INSERTs: flush the job first so the key's foreign key holds.

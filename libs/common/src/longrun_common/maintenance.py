@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import cast
@@ -20,7 +20,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from .catalog import TaskPolicy
-from .dispatch import queue_depth, send_job
+from .dispatch import announce_attempt_end, queue_depth, send_job
 from .events import JobError
 from .jobs import JobStore, creation_fields, sql_floor
 from .models import Attempt, Job, TaskRecord
@@ -50,8 +50,12 @@ return 0
 class Maintenance:
     """Lease reaper, forced cancels, and the reconciler, for one process."""
 
-    def __init__(self, store: JobStore, settings: Settings, *, owner: str | None = None):
+    def __init__(self, store: JobStore, settings: Settings, *, owner: str | None = None,
+                 on_lost: Callable[[Job, JobError, bool], None] | None = None):
         self.store = store
+        # Told of each attempt it ended because its lease expired (the job, why, whether it retries): the
+        # process's metrics, and Flower, which would show the lost task as started forever.
+        self.on_lost = on_lost
         self.settings = settings
         self.owner = owner or uuid.uuid4().hex
         self._last_reconcile = 0.0
@@ -112,8 +116,10 @@ class Maintenance:
         timed_out = bool(job.time_limit and attempt_started
                          and time.time() >= attempt_started.timestamp() + job.time_limit)
         if job.cancel_requested_at is not None:
-            self.store.finish_if(job.id, job.attempt, JobStatus.CANCELLED, only_from=(JobStatus.RUNNING,),
-                                 error=JobError(type="cancelled", message="cancelled; its worker stopped"))
+            error = JobError(type="cancelled", message="cancelled; its worker stopped")
+            if self.store.finish_if(job.id, job.attempt, JobStatus.CANCELLED, only_from=(JobStatus.RUNNING,),
+                                    error=error):
+                self._tell_lost(job, error, retried=False)
             return
         if timed_out:
             error = JobError(type="timeout", message=f"hard time limit of {job.time_limit:g}s exceeded")
@@ -123,11 +129,24 @@ class Maintenance:
         if policy.retries(error.type) and job.attempt < job.max_attempts:
             error.retryable = True
             log.warning("job %s attempt %s: %s; requeueing", job.id, job.attempt, error.message)
-            self.store.schedule_retry(job.id, job.attempt, error, 0.0, send=True, seq_floor=sql_floor(job.seq))
+            if self.store.schedule_retry(job.id, job.attempt, error, 0.0, send=True, seq_floor=sql_floor(job.seq)):
+                self._tell_lost(job, error, retried=True)
         else:
             log.warning("job %s attempt %s: %s; no attempts left", job.id, job.attempt, error.message)
-            self.store.finish_if(job.id, job.attempt, JobStatus.FAILED, only_from=(JobStatus.RUNNING,),
-                                 error=error, dead_letter=True)
+            if self.store.finish_if(job.id, job.attempt, JobStatus.FAILED, only_from=(JobStatus.RUNNING,),
+                                    error=error, dead_letter=True):
+                self._tell_lost(job, error, retried=False)
+
+    def _tell_lost(self, job: Job, error: JobError, *, retried: bool) -> None:
+        try:
+            if self.store.celery is not None:
+                announce_attempt_end(self.store.celery, task_id=f"{job.id}.{job.attempt}",
+                                     hostname=job.worker or "unknown", error_type=error.type,
+                                     message=error.message, retried=retried)
+            if self.on_lost is not None:
+                self.on_lost(job, error, retried)
+        except Exception:  # metrics and monitoring events must never stop the reaper
+            log.warning("could not report the lost attempt of job %s", job.id, exc_info=True)
 
     def _attempt_started(self, job: Job) -> datetime | None:
         with Session(self.store.engine) as session:
@@ -155,8 +174,10 @@ class Maintenance:
             celery_id = self.store.redis.hget(self.store.keys.job(job.id), "celery_id")
             if celery_id and self.store.celery is not None:
                 self.store.celery.control.revoke(celery_id.decode(), terminate=True, signal="SIGKILL")
-            self.store.finish_if(job.id, job.attempt, JobStatus.CANCELLED, only_from=(JobStatus.RUNNING,),
-                                 error=JobError(type="cancelled", message="cancelled by force after the grace period"))
+            error = JobError(type="cancelled", message="cancelled by force after the grace period")
+            if self.store.finish_if(job.id, job.attempt, JobStatus.CANCELLED, only_from=(JobStatus.RUNNING,),
+                                    error=error):
+                self._tell_lost(job, error, retried=False)
 
     # --- reconciler -----------------------------------------------------------------------------------
 

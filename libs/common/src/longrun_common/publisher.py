@@ -13,7 +13,9 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from opentelemetry.trace import SpanKind
 
+from . import telemetry
 from .events import JobError, Progress, dumps, now
 from .keys import Keys
 from .states import JobStatus
@@ -131,7 +133,7 @@ class Publisher:
             self._async[source] = client.register_script(source)
         return self._async[source]
 
-    def _script_args(self, spec: EventSpec) -> tuple[list[str], list[Any]]:
+    def _script_args(self, spec: EventSpec, traceparent: str | None = None) -> tuple[list[str], list[Any]]:
         ts = spec.ts if spec.ts is not None else now()
         progress = spec.progress or Progress()
         body: dict[str, Any] = {
@@ -142,6 +144,8 @@ class Publisher:
             "progress": progress.model_dump(mode="json", exclude_none=True),
             "attempt": spec.attempt,
         }
+        if traceparent:  # the publishing span: the hub's delivery spans link to it
+            body["traceparent"] = traceparent
         fields: dict[str, str] = {
             "status": spec.status.value,
             "ts": repr(ts),
@@ -183,18 +187,29 @@ class Publisher:
 
     def publish(self, client: redis.Redis[bytes], spec: EventSpec) -> Published:
         """Publish one event atomically (sync client)."""
-        keys, args = self._script_args(spec)
-        seq, cancel, drain = self._script(client, _SCRIPT)(keys=keys, args=args, client=client)
-        return Published(int(seq), bool(cancel), bool(drain))
+        if not telemetry.enabled():
+            keys, args = self._script_args(spec)
+            seq, cancel, drain = self._script(client, _SCRIPT)(keys=keys, args=args, client=client)
+            return Published(int(seq), bool(cancel), bool(drain))
+        with telemetry.span(f"publish {spec.type}", SpanKind.PRODUCER, _attributes(spec)) as current:
+            keys, args = self._script_args(spec, telemetry.traceparent())
+            seq, cancel, drain = self._script(client, _SCRIPT)(keys=keys, args=args, client=client)
+            current.set_attribute("longrun.seq", int(seq))
+            return Published(int(seq), bool(cancel), bool(drain))
 
     async def apublish(self, client: aioredis.Redis[bytes], spec: EventSpec) -> Published:
         """Publish one event atomically (asyncio client)."""
-        keys, args = self._script_args(spec)
-        seq, cancel, drain = await self._ascript(client, _SCRIPT)(keys=keys, args=args, client=client)
-        return Published(int(seq), bool(cancel), bool(drain))
+        with telemetry.span(f"publish {spec.type}", SpanKind.PRODUCER, _attributes(spec)):
+            keys, args = self._script_args(spec, telemetry.traceparent())
+            seq, cancel, drain = await self._ascript(client, _SCRIPT)(keys=keys, args=args, client=client)
+            return Published(int(seq), bool(cancel), bool(drain))
 
     def heartbeat(self, client: redis.Redis[bytes], job_id: str, attempt: int, lease_until: float) -> int:
         """Renew a running attempt's lease; returns one of the HEARTBEAT_* codes."""
         script = self._script(client, _HEARTBEAT)
         keys = [self.keys.job(job_id), self.keys.leases()]
         return int(script(keys=keys, args=[attempt, lease_until, job_id], client=client))
+
+
+def _attributes(spec: EventSpec) -> dict[str, Any]:
+    return {"longrun.job_id": spec.job_id, "longrun.attempt": spec.attempt, "longrun.status": spec.status.value}

@@ -66,6 +66,7 @@ class Settings(BaseSettings):
         True, description="gateway and worker migrate the database at start; false: they wait for the schema"
     )
     reaper_interval: float = Field(1.0, gt=0, description="how often the reaper looks for expired leases")
+    worker_metrics_port: int = Field(0, ge=0, le=65535, description="worker /metrics port; 0 = not served")
     # Progress hub (longrun_hub): per-client backpressure, keepalive, lifetime and Redis reconnects.
     hub_queue_size: int = Field(64, ge=1, description="frames queued for one client before progress is coalesced")
     hub_queue_limit: int = Field(1024, ge=2, description="frames queued for one client before it is closed (1013)")

@@ -14,6 +14,7 @@ from typing import Any
 
 import uvicorn
 
+from longrun_common import telemetry
 from longrun_common.db import ensure_schema
 from longrun_common.httpserver import server_options
 from longrun_common.settings import Settings
@@ -67,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         **server_options(settings),  # request line / header limits and deadline (414 / 431 / 408)
     }
     if args.workers == 1 and MULTIPROC_DIR not in os.environ:
+        telemetry.setup_tracing("longrun-gateway", celery=True)
         uvicorn.run(create_app(settings), **options)
         return
     # Each worker process builds its own app (the factory); their metrics meet in one directory.

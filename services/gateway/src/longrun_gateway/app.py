@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from longrun_common import telemetry
 from longrun_common.settings import Settings
 
 from .contract import install_openapi
@@ -43,9 +44,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     for router in ROUTERS:
         app.include_router(router)
+    telemetry.instrument_fastapi(app)  # server spans, when the entry point set up tracing
     return app
 
 
 def create_app_from_env() -> FastAPI:
     """A gateway on settings from the environment: the factory each uvicorn worker process calls."""
+    telemetry.setup_tracing("longrun-gateway", celery=True)
     return create_app(Settings())

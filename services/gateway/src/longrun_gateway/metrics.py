@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -21,7 +22,11 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
-from longrun_common.models import DeadLetter
+from longrun_common.events import JobError
+from longrun_common.models import DeadLetter, Job
+from longrun_common.telemetry import retry_reason
+
+from .sqlmetrics import JobsCollector
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +99,30 @@ class Metrics:
             ["task"],
             registry=self.registry,
         )
+        self.retries = Counter(
+            "longrun_job_retries",
+            "Retries scheduled, by task and reason (here: jobs whose worker vanished, found by this reaper)",
+            ["task", "reason"],
+            registry=self.registry,
+        )
         self._dead_letters: DeadLetterCollector | None = None
+        self._jobs: JobsCollector | None = None
+
+    def on_lost(self, job: Job, error: JobError, retried: bool) -> None:
+        """The reaper in this process ended an attempt whose worker vanished."""
+        if retried:
+            self.retries.labels(job.task, retry_reason(error.type)).inc()
+
+    def watch_jobs(self, engine: Engine, client: redis.Redis[bytes]) -> None:
+        """Queue and job gauges from SQL, plus database and Redis reachability."""
+        self.unwatch_jobs()
+        self._jobs = JobsCollector(engine, client)
+        self.registry.register(self._jobs)
+
+    def unwatch_jobs(self) -> None:
+        if self._jobs is not None:
+            self.registry.unregister(self._jobs)
+            self._jobs = None
 
     def watch_dead_letters(self, engine: Engine) -> None:
         self.unwatch_dead_letters()
@@ -113,6 +141,8 @@ class Metrics:
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # registers itself
         if self._dead_letters is not None:
             registry.register(self._dead_letters)
+        if self._jobs is not None:
+            registry.register(self._jobs)
         return generate_latest(registry)
 
 

@@ -66,6 +66,7 @@ class Gateway:
         publisher = Publisher(keys, stream_maxlen=settings.stream_maxlen, event_ttl_seconds=settings.event_ttl_seconds)
         store = JobStore(engine=engine, redis=sync_client, keys=keys, publisher=publisher, celery=celery)
         metrics.watch_dead_letters(engine)
+        metrics.watch_jobs(engine, sync_client)
         return cls(
             settings=settings,
             engine=engine,
@@ -87,12 +88,13 @@ class Gateway:
         await self.live.start()
         if self.settings.maintenance:
             # The reaper and reconciler also run here, so they keep working with every worker scaled to zero.
-            self._maintenance = Maintenance(self.store, self.settings).start()
+            self._maintenance = Maintenance(self.store, self.settings, on_lost=self.metrics.on_lost).start()
 
     async def aclose(self) -> None:
         if self._maintenance is not None:
             self._maintenance.set()
         self.metrics.unwatch_dead_letters()
+        self.metrics.unwatch_jobs()
         await self.live.aclose()
         await self.aredis.aclose()  # type: ignore[attr-defined]  # types-redis lags redis 8
         self.redis.close()

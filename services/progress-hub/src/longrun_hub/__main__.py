@@ -17,6 +17,7 @@ from typing import Any
 
 import uvicorn
 
+from longrun_common import telemetry
 from longrun_common.httpserver import server_options
 from longrun_common.settings import Settings
 
@@ -77,6 +78,8 @@ class HubServer(uvicorn.Server):
 def main() -> None:
     settings = Settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Delivery spans only: no per-command Redis spans on the hub's hot path.
+    telemetry.setup_tracing("longrun-hub", redis=False, sqlalchemy=False)
     ping = settings.hub_ping_interval or None
     options: dict[str, Any] = {
         **server_options(settings),  # request line / header limits and deadline (414 / 431 / 408)

@@ -29,6 +29,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from longrun_common import telemetry
 from longrun_common.keys import Keys
 from longrun_common.reader import decode_snapshot, stream_range
 from longrun_common.redis_clients import async_blocking_redis
@@ -383,6 +384,16 @@ class Hub:
         if event is None:
             log.warning("ignoring a malformed event on job %s: %.200r", job_id, raw)
             return
+        if telemetry.enabled():
+            # One span per event fanned out, linked to the span that published it (not nested: one event goes
+            # to many clients, long after the publisher's span ended).
+            with telemetry.linked_span(f"deliver {event.type}", event.data.get("traceparent"), attributes={
+                    "longrun.job_id": job_id, "longrun.seq": event.seq, "longrun.watchers": len(channel.watchers)}):
+                self._deliver(channel, event)
+        else:
+            self._deliver(channel, event)
+
+    def _deliver(self, channel: Channel, event: Event) -> None:
         if channel.repairing:
             self._hold(channel, event)
             return

@@ -1,23 +1,52 @@
-"""`python -m longrun_worker [celery worker options]`: migrate, then run a Celery worker for Longrun's queues."""
+"""`python -m longrun_worker [celery worker options]`: migrate, then run a Celery worker for Longrun's queues.
+
+Nothing that imports prometheus_client is imported at module level: PROMETHEUS_MULTIPROC_DIR must be set before
+prometheus_client is first imported (it picks its value store then), so that every pool process writes its
+metrics where the main process reads them.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from celery import Celery
+if TYPE_CHECKING:
+    from celery import Celery
 
-from longrun_common.celery_app import QUEUES
-from longrun_common.db import ensure_schema
-from longrun_common.keys import Keys
-from longrun_common.settings import Settings
-
-from .app import create_worker_app
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 log = logging.getLogger("longrun_worker")
 
 
+def prepare_multiprocess_dir() -> Path:
+    """Point PROMETHEUS_MULTIPROC_DIR at an empty directory: the one given (emptied: values of an earlier run
+    would be summed in), else a private temporary one."""
+    given = os.environ.get(MULTIPROC_DIR)
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        return path
+    path = Path(tempfile.mkdtemp(prefix="longrun-worker-metrics-"))
+    os.environ[MULTIPROC_DIR] = str(path)
+    return path
+
+
 def main(argv: list[str]) -> int:
+    prepare_multiprocess_dir()
+
+    from longrun_common.celery_app import QUEUES
+    from longrun_common.db import ensure_schema
+    from longrun_common.keys import Keys
+    from longrun_common.settings import Settings
+
+    from .app import create_worker_app
+
     settings = Settings()
     ensure_schema(settings)
     app = create_worker_app(settings)

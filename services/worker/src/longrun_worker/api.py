@@ -34,6 +34,10 @@ class JobFenced(Exception):
     """This attempt was superseded (presumed lost, then came back): stop without writing anything."""
 
 
+class JobFailed(Exception):
+    """Raised out of the Celery task after the job was recorded as failed, so Celery and Flower say FAILURE."""
+
+
 class JobDrained(Exception):
     """The worker is shutting down: the job was checkpointed and goes back to the queue."""
 

@@ -12,14 +12,16 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.worker.request import Request
 from sqlmodel import Session, select
 
+from longrun_common import telemetry
 from longrun_common.celery_app import create_celery
 from longrun_common.db import create_db_engine
+from longrun_common.events import JobError
 from longrun_common.maintenance import Maintenance
 from longrun_common.models import Job
 from longrun_common.settings import Settings
 from longrun_common.states import JobStatus
 
-from . import broker, tasks  # noqa: F401  (tasks registers the built-in tasks)
+from . import broker, metrics, tasks  # noqa: F401  (tasks: registers the built-in tasks)
 from .api import REGISTRY, TaskDefinition
 from .catalog import register_catalog
 from .resources import Resources, get_resources, reset_resources
@@ -35,6 +37,11 @@ def create_worker_app(settings: Settings) -> Celery:
     broker.install()  # keeps the worker alive through Redis outages (kombu defect, see broker.py)
     app = create_celery(settings)
     request = request_class(settings, app)
+    # Every log line written during a job says which job, attempt and trace (longrun_common.telemetry).
+    telemetry.install_log_fields()
+    app.conf.worker_log_format = "[%(asctime)s: %(levelname)s/%(processName)s]%(longrun_job)s %(message)s"
+    app.conf.worker_task_log_format = (
+        "[%(asctime)s: %(levelname)s/%(processName)s] %(task_name)s[%(task_id)s]:%(longrun_job)s %(message)s")
     for definition in REGISTRY.values():
         _register(app, settings, definition, request)
     _connect_process_hooks(app, settings)
@@ -123,14 +130,35 @@ def _connect_process_hooks(app: Celery, settings: Settings) -> None:
             engine.dispose()
 
     def fresh_resources(**_: Any) -> None:
+        # Tracing first: the engine and Redis clients made next are instrumented. After the fork, because the
+        # exporter's thread does not survive one.
+        telemetry.setup_tracing("longrun-worker", celery=True)
         reset_resources()  # never share the parent's connections after the fork
+
+    def task_starts(task_id: str = "", kwargs: dict[str, Any] | None = None, **_: Any) -> None:
+        # From before the task runs until after Celery logged how it ended: those lines carry the job too.
+        if kwargs and "job_id" in kwargs:
+            state[f"log:{task_id}"] = telemetry.enter_job(str(kwargs["job_id"]), int(kwargs.get("attempt", 1)))
+
+    def task_ends(task_id: str = "", **_: Any) -> None:
+        token = state.pop(f"log:{task_id}", None)
+        if token is not None:
+            telemetry.leave_job(token)
+
+    def child_exits(**_: Any) -> None:
+        telemetry.shutdown_tracing()  # pool processes leave with os._exit: export what is buffered now
 
     def start_maintenance(sender: Any = None, **_: Any) -> None:
         hostname = str(getattr(sender, "hostname", ""))
         res = get_resources(settings, app)
         state["presence"] = _announce_presence(res, settings, hostname)
         if settings.maintenance:
-            state["maintenance"] = Maintenance(res.store, settings, owner=hostname).start()
+            state["maintenance"] = Maintenance(res.store, settings, owner=hostname, on_lost=_on_lost).start()
+        prefix = f"{res.keys.prefix}."
+        for queue in app.amqp.queues.consume_from or {}:
+            metrics.queues_consumed.labels(str(queue).removeprefix(prefix)).set(1)
+        if settings.worker_metrics_port:
+            state["metrics"] = metrics.serve(settings.worker_metrics_port, settings.bind_host)
 
     def record_claim(sender: Any = None, request: Any = None, **_: Any) -> None:
         """A message this worker has taken off the queue: if the worker dies before running it, the reconciler
@@ -147,6 +175,7 @@ def _connect_process_hooks(app: Celery, settings: Settings) -> None:
 
     def drain(sender: Any = None, **_: Any) -> None:
         hostname = str(sender or "")
+        metrics.drains.inc()
         if "maintenance" in state:
             state["maintenance"].set()  # presence stays: the worker is alive while it drains
         threading.Thread(target=_drain_after, args=(settings, app, hostname), daemon=True,
@@ -154,9 +183,18 @@ def _connect_process_hooks(app: Celery, settings: Settings) -> None:
 
     signals.worker_init.connect(publish_catalog, weak=False)
     signals.worker_process_init.connect(fresh_resources, weak=False)
+    signals.worker_process_shutdown.connect(child_exits, weak=False)
+    signals.task_prerun.connect(task_starts, weak=False)
+    signals.task_postrun.connect(task_ends, weak=False)
     signals.worker_ready.connect(start_maintenance, weak=False)
     signals.task_received.connect(record_claim, weak=False)
     signals.worker_shutting_down.connect(drain, weak=False)
+
+
+def _on_lost(job: Job, error: JobError, retried: bool) -> None:
+    """The reaper ended an attempt whose worker vanished."""
+    if retried:
+        metrics.record_retry(job.task, error.type)
 
 
 def _announce_presence(res: Resources, settings: Settings, hostname: str) -> threading.Event:

@@ -8,6 +8,7 @@ and drain requests, which the task sees at its next report.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[Progress, dict[str, Any] | None], Published]
 Heartbeat = Callable[[], int]
+# Told after each publish how many task-side calls the event carried (metrics; runs on the reporter thread).
+OnPublish = Callable[[int], None]
 
 
 @dataclass
@@ -40,8 +43,11 @@ class _State:
 class Reporter:
     """Coalescing progress reporter for one job attempt."""
 
-    def __init__(self, emit: Emit, heartbeat: Heartbeat, *, interval: float, heartbeat_every: float):
+    def __init__(self, emit: Emit, heartbeat: Heartbeat, *, interval: float, heartbeat_every: float,
+                 on_publish: OnPublish | None = None):
         self._emit = emit
+        self._on_publish = on_publish
+        self._calls = 0  # task-side calls since the last publish
         self._heartbeat = heartbeat
         self._interval = interval
         self._heartbeat_every = heartbeat_every
@@ -114,6 +120,10 @@ class Reporter:
 
     def begin(self) -> None:
         self._last_sent = time.monotonic()
+        # The thread runs in a copy of the task's context: its publish spans nest under the task's span and
+        # its log lines carry the job's fields.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(target=context.run, args=(self._run,), name="longrun-reporter", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
@@ -137,6 +147,7 @@ class Reporter:
     # --- internals ------------------------------------------------------------------------------------
 
     def _mark_dirty(self) -> None:
+        self._calls += 1
         if not self._dirty:
             self._dirty = True
             self._cond.notify()
@@ -194,10 +205,13 @@ class Reporter:
                 return
             progress = self._progress_locked()
             checkpoint = self._checkpoint
+            calls, self._calls = self._calls, 0
             self._dirty = False
             self._last_sent = time.monotonic()
         published = self._emit(progress, checkpoint)
         self.published += 1
+        if self._on_publish is not None:
+            self._on_publish(calls)
         self._note(published.fenced, published.cancel_requested, published.drain_requested)
 
     def _beat(self) -> None:

@@ -18,6 +18,8 @@ from longrun_common.publisher import Publisher
 from longrun_common.redis_clients import sync_redis
 from longrun_common.settings import Settings
 
+from .taskevents import TaskEvents
+
 
 @dataclass
 class Resources:
@@ -27,6 +29,7 @@ class Resources:
     keys: Keys
     publisher: Publisher
     store: JobStore
+    events: TaskEvents
 
 
 _lock = threading.Lock()
@@ -46,7 +49,8 @@ def get_resources(settings: Settings, celery: Celery) -> Resources:
             publisher = Publisher(keys, stream_maxlen=settings.stream_maxlen,
                                   event_ttl_seconds=settings.event_ttl_seconds)
             store = JobStore(engine, client, keys, publisher, celery)
-            _current = (os.getpid(), Resources(settings, engine, client, keys, publisher, store))
+            events = TaskEvents(celery if isinstance(celery, Celery) else None)
+            _current = (os.getpid(), Resources(settings, engine, client, keys, publisher, store, events))
         return _current[1]
 
 
@@ -57,4 +61,5 @@ def reset_resources() -> None:
         if _current is not None and _current[0] == os.getpid():
             _current[1].engine.dispose()
             _current[1].redis.close()
+            _current[1].events.close()
         _current = None

@@ -6,22 +6,25 @@ import json
 import logging
 import time
 import traceback
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import update
 from sqlmodel import Session, col
 
+from longrun_common import telemetry
 from longrun_common.events import JobError, Progress, dumps
 from longrun_common.jobs import sql_floor
 from longrun_common.models import Job
 from longrun_common.publisher import EventSpec, Published
 from longrun_common.states import JobStatus
 
-from .api import JobCancelled, JobDrained, JobFenced, PermanentError, TaskDefinition, TransientError
+from .api import JobCancelled, JobDrained, JobFailed, JobFenced, PermanentError, TaskDefinition, TransientError
 from .context import JobContext
+from .metrics import AttemptMetrics, record_retry
 from .reporter import Reporter
 from .resources import Resources
 
@@ -32,36 +35,66 @@ RUNNING = (JobStatus.RUNNING,)
 
 def run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, job_id: str, attempt: int) -> None:
     """Run `attempt` of `job_id` unless the message is stale, the job is cancelled, or another worker has it."""
+    with telemetry.job_context(job_id, attempt):
+        _run_attempt(celery_task, definition, res, job_id, attempt)
+
+
+def _run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, job_id: str, attempt: int) -> None:
     store, settings = res.store, res.settings
     job = store.get(job_id)
     if job is None:
         log.warning("dropping message for unknown job %s", job_id)
         return
+    worker = str(celery_task.request.hostname or "worker")
+    task_id = str(celery_task.request.id)
+    # Messages that run nothing end with Ignore (no Celery event), so Flower keeps what the attempt's own run
+    # (or the reaper) reported for this task id instead of a SUCCESS that never happened.
     if job.attempt != attempt or JobStatus(job.status).terminal:
         log.info("dropping stale message for job %s attempt %s (job at attempt %s, %s)",
                  job_id, attempt, job.attempt, job.status)
-        return
+        if job.attempt == attempt and job.status == JobStatus.CANCELLED.value and job.started_at is None:
+            res.events.revoked(task_id, worker)  # cancelled while queued: it never ran
+        raise Ignore()
     if job.cancel_requested_at is not None:
         store.finish_if(job_id, attempt, JobStatus.CANCELLED, only_from=(JobStatus.QUEUED, JobStatus.RETRYING),
                         error=JobError(type="cancelled", message="cancelled before it started"))
-        return
-    worker = str(celery_task.request.hostname or "worker")
+        res.events.revoked(task_id, worker)
+        raise Ignore()
     if not store.begin_attempt(job_id, attempt, worker):
         log.info("job %s attempt %s already taken or cancelled", job_id, attempt)
-        return
+        raise Ignore()
 
-    resumed_from = _last_checkpoint(res, job)
     lease = settings.lease_seconds
     started = time.time()
     published = res.publisher.publish(res.redis, EventSpec(
         job_id, "status", JobStatus.RUNNING, attempt, progress=Progress.model_validate(job.progress or {}),
         lease_until=started + lease, seq_floor=sql_floor(job.seq),
-        fields={"started_at": repr(started), "worker": worker, "celery_id": str(celery_task.request.id)},
+        fields={"started_at": repr(started), "worker": worker, "celery_id": task_id},
     ))
     if published.fenced:
-        return
+        raise Ignore()
+    metrics = AttemptMetrics(definition.name)
+    metrics.begin(_waited(job, started))
+    try:
+        _run_started(celery_task, definition, res, job, attempt, worker, task_id, published.seq, metrics)
+    finally:
+        metrics.end(metrics.outcome)
+
+
+def _run_started(celery_task: Task, definition: TaskDefinition, res: Resources, job: Job, attempt: int,
+                 worker: str, task_id: str, first_seq: int, metrics: AttemptMetrics) -> None:
+    """The attempt is ours and announced: run the task and record how it ended (`metrics.outcome`).
+
+    How it ends for Celery (and so for Flower): success returns; a failure raises JobFailed (FAILURE); a retry
+    is Celery's retry under the next attempt's task id `{job_id}.{attempt + 1}` (RETRY, then a new task);
+    a cancel raises JobCancelled (FAILURE with the reason); a fenced attempt ends with Ignore, leaving what the
+    reaper reported for it.
+    """
+    next_task_id = f"{job.id}.{attempt + 1}"
+    store, settings, job_id, lease = res.store, res.settings, job.id, res.settings.lease_seconds
+    resumed_from = _last_checkpoint(res, job)
     sql_writer = _SqlProgress(res, job_id, attempt)
-    last_seq = [published.seq]  # if Redis loses the job mid-run, its events continue after this
+    last_seq = [first_seq]  # if Redis loses the job mid-run, its events continue after this
 
     def emit(progress: Progress, checkpoint: dict[str, Any] | None) -> Published:
         fields = {"checkpoint": dumps(checkpoint)} if checkpoint is not None else None
@@ -71,12 +104,14 @@ def run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, j
         if not result.fenced:
             last_seq[0] = max(last_seq[0], result.seq)
             sql_writer.maybe_write(progress, checkpoint, result.seq)
+            res.events.progress(task_id, worker, progress.model_dump_json(exclude_none=True))
         return result
 
     def heartbeat() -> int:
         return res.publisher.heartbeat(res.redis, job_id, attempt, time.time() + lease)
 
-    reporter = Reporter(emit, heartbeat, interval=settings.progress_interval, heartbeat_every=lease / 3)
+    reporter = Reporter(emit, heartbeat, interval=settings.progress_interval, heartbeat_every=lease / 3,
+                        on_publish=metrics.reported)
     ctx = JobContext(job_id=job_id, attempt=attempt, tenant=job.tenant, task=job.task, reporter=reporter,
                      resumed_from=resumed_from, settings=settings, session_factory=lambda: Session(res.engine))
     reporter.begin()
@@ -85,25 +120,30 @@ def run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, j
         result = definition.fn(ctx, args)
     except JobFenced:
         reporter.close()
+        metrics.outcome = "fenced"
         log.warning("job %s attempt %s was superseded; stopping without writing", job_id, attempt)
-        return
+        raise Ignore() from None
     except JobCancelled:
         _run_cancel_hook(definition, ctx)
         reporter.close()
         sql_writer.write(reporter.snapshot(), reporter.last_checkpoint)
         store.finish_if(job_id, attempt, JobStatus.CANCELLED, only_from=RUNNING, progress=reporter.snapshot(),
                         error=JobError(type="cancelled", message="cancelled by request"), seq_floor=last_seq[0])
-        return
-    except JobDrained:
+        metrics.outcome = "cancelled"
+        raise
+    except JobDrained as exc:
         reporter.close()
         sql_writer.write(reporter.snapshot(), reporter.last_checkpoint)
         error = JobError(type="drained", message=f"worker {worker} shut down; resuming on another worker",
                          retryable=True)
         if store.schedule_retry(job_id, attempt, error, 0.0, send=False, progress=reporter.snapshot(),
                                 extra_budget=True, seq_floor=last_seq[0]):
+            metrics.outcome = "drained"
+            record_retry(definition.name, "drained")
             raise celery_task.retry(countdown=0, kwargs={"job_id": job_id, "attempt": attempt + 1},
-                                    max_retries=None) from None
-        return
+                                    exc=exc, max_retries=None, task_id=next_task_id) from None
+        metrics.outcome = "fenced"
+        raise Ignore() from None
     except Exception as exc:  # every failure is recorded (SoftTimeLimitExceeded is an Exception too)
         reporter.close()
         sql_writer.write(reporter.snapshot(), reporter.last_checkpoint)
@@ -112,18 +152,37 @@ def run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, j
             delay = definition.policy.backoff(attempt)
             if store.schedule_retry(job_id, attempt, error, delay, send=False, progress=reporter.snapshot(),
                                     seq_floor=last_seq[0]):
+                metrics.outcome = "retrying"
+                record_retry(definition.name, error.type)
                 raise celery_task.retry(countdown=delay, kwargs={"job_id": job_id, "attempt": attempt + 1},
-                                        max_retries=None) from None
-            return
-        store.finish_if(job_id, attempt, JobStatus.FAILED, only_from=RUNNING, error=error,
-                        progress=reporter.snapshot(), dead_letter=True, seq_floor=last_seq[0])
-        return
+                                        exc=exc, max_retries=None, task_id=next_task_id) from None
+            metrics.outcome = "fenced"
+            raise Ignore() from None
+        if store.finish_if(job_id, attempt, JobStatus.FAILED, only_from=RUNNING, error=error,
+                           progress=reporter.snapshot(), dead_letter=True, seq_floor=last_seq[0]):
+            raise JobFailed(f"{error.type}: {error.message}") from exc
+        metrics.outcome = "fenced"
+        raise Ignore() from None
     reporter.close()
     if reporter.fenced:
-        return
+        metrics.outcome = "fenced"
+        raise Ignore()
     sql_writer.write(reporter.snapshot(), reporter.last_checkpoint)
     store.finish_if(job_id, attempt, JobStatus.SUCCEEDED, only_from=RUNNING, result=_jsonable(result),
                     progress=reporter.snapshot(complete=True), seq_floor=last_seq[0])
+    metrics.outcome = "succeeded"
+
+
+def _waited(job: Job, started: float) -> float | None:
+    """How long the attempt waited for a worker: since submit, a requeue, or the retry's due time."""
+    if job.attempt > 1 and job.next_retry_at is not None:
+        since: datetime | None = job.next_retry_at
+    else:
+        since = job.created_at if job.attempt == 1 else job.updated_at
+    if since is None:
+        return None
+    since = since if since.tzinfo else since.replace(tzinfo=UTC)
+    return started - since.timestamp()
 
 
 def classify(exc: BaseException, definition: TaskDefinition) -> JobError:
