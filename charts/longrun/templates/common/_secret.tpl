@@ -9,9 +9,6 @@
 {{- fail "secrets.redisUrl is required (the external Redis), or set redis.enabled=true for an in-chart Redis, or set secrets.existingSecret" }}
 {{- end }}
 {{- if include "longrun.production" . }}
-{{- if not $s.apiKeys }}
-{{- fail "secrets.apiKeys is required when config.env is production (tenant:key[,tenant:key...])" }}
-{{- end }}
 {{- if lt (len $s.tokenSecret) 32 }}
 {{- fail "secrets.tokenSecret must be at least 32 characters when config.env is production" }}
 {{- end }}
