@@ -40,7 +40,7 @@ from longrun_common.tokens import StreamScope
 from .feed import RedisFeed
 from .frames import Event, snapshot_frame
 from .metrics import HubMetrics
-from .outbox import Connection, Limits
+from .outbox import Connection, Limits, Watcher
 
 log = logging.getLogger(__name__)
 
@@ -57,23 +57,6 @@ class Outcome(enum.Enum):
     NOT_FOUND = "not_found"  # no such job, or another tenant's (never revealed)
     FORBIDDEN = "forbidden"  # a job token for another job
     UNAVAILABLE = "unavailable"  # Redis did not answer in time
-
-
-class Watcher:
-    """One connection watching one job: the last seq queued for it (and that event's ts), and its buffer of
-    live events until it goes live (during the seam and while a requested replay is paged)."""
-
-    __slots__ = ("buffer", "conn", "generation", "job_id", "last", "last_ts", "live", "replaying")
-
-    def __init__(self, job_id: str, conn: Connection, since: int | None) -> None:
-        self.job_id = job_id
-        self.conn = conn
-        self.last = since if since is not None else -1
-        self.last_ts: float | None = None  # ts of the event `last` (None: not known)
-        self.live = False
-        self.replaying = False
-        self.generation = 0  # the feed's connection count when the seam read (a reconnect since: re-check)
-        self.buffer: list[Event] | None = []
 
 
 class Channel:

@@ -61,6 +61,7 @@ CLOSES = {
 
 class WsConnection(Connection):
     __slots__ = ("_protocol", "_send")
+    hub: Hub  # (the base class knows it only by what it uses of it)
     transport = "ws"
 
     def __init__(self, hub: Hub, send: Send) -> None:
