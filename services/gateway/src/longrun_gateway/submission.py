@@ -9,7 +9,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import kombu.exceptions
 from jsonschema import Draft202012Validator
@@ -21,12 +21,11 @@ from sqlmodel import Session, col, select
 
 from longrun_common.catalog import TaskPolicy
 from longrun_common.celery_app import QUEUES
+from longrun_common.jobs import JobStore
 from longrun_common.models import IdempotencyKey, Job, TaskRecord, utcnow
+from longrun_common.settings import Settings
 
 from .errors import ApiError, field_path, invalid, invalid_many
-
-if TYPE_CHECKING:  # state.py imports this module (the catalog cache lives on the Gateway)
-    from .state import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +43,19 @@ _SCHEMA_ERRORS = (SchemaError, re.error, TypeError, ValueError)
 MIN_TIME_LIMIT = 1.0
 # A job's hard limit stays this far below the broker's visibility timeout (see time_limits).
 VISIBILITY_MARGIN = 60.0
+
+
+class Gateway(Protocol):
+    """What submitting uses of `state.Gateway`, which imports this module (the catalog cache lives on it)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def engine(self) -> Engine: ...
+    @property
+    def store(self) -> JobStore: ...
+    @property
+    def catalog(self) -> TaskCatalog: ...
 
 
 class JobRequest(BaseModel):

@@ -109,6 +109,13 @@ class HubMetrics:
         self.redis_reconnects = Counter(
             "longrun_hub_redis_reconnects", "Times the pub/sub listener lost Redis and reconnected", registry=r
         )
+        self.websockets_accepted = Counter(
+            "longrun_hub_websockets_accepted",
+            "WebSockets accepted, by the protocol serving them (anything but lean: uvicorn changed)",
+            ["protocol"], registry=r,
+        )
+        self.websockets_lean = self.websockets_accepted.labels("lean")
+        self.websockets_plain = self.websockets_accepted.labels("uvicorn")
         self.connections_by = {t: self.connections.labels(t) for t in TRANSPORTS}
         # Counted per frame sent: plain ints, exported by a collector (same names, labels and buckets).
         self.delivered_by = {t: FastCounter() for t in TRANSPORTS}  # longrun_hub_events_delivered_total

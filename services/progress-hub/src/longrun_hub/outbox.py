@@ -22,15 +22,12 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar, Protocol
 
 from longrun_common.settings import Settings
 
 from .frames import Event, error_frame, reconnect_frame
 from .metrics import HubMetrics
-
-if TYPE_CHECKING:
-    from .hub import Hub, Watcher
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +62,39 @@ class Limits:
                    settings.hub_send_timeout, max(16, min(256, settings.hub_queue_size)))
 
 
+class Watcher:
+    """One connection watching one job: the last seq queued for it (and that event's ts), and its buffer of
+    live events until it goes live (during the seam and while a requested replay is paged)."""
+
+    __slots__ = ("buffer", "conn", "generation", "job_id", "last", "last_ts", "live", "replaying")
+
+    def __init__(self, job_id: str, conn: Connection, since: int | None) -> None:
+        self.job_id = job_id
+        self.conn = conn
+        self.last = since if since is not None else -1
+        self.last_ts: float | None = None  # ts of the event `last` (None: not known)
+        self.live = False
+        self.replaying = False
+        self.generation = 0  # the feed's connection count when the seam read (a reconnect since: re-check)
+        self.buffer: list[Event] | None = []
+
+
+class Owner(Protocol):
+    """What a connection uses of its `Hub` (hub.py), which imports this module: a protocol, not an import."""
+
+    @property
+    def limits(self) -> Limits: ...
+
+    @property
+    def metrics(self) -> HubMetrics: ...
+
+    def release(self, watcher: Watcher) -> None: ...
+
+    def release_all(self, conn: Connection) -> None: ...
+
+    async def replay_more(self, conn: Connection) -> None: ...
+
+
 class Item:
     """A queued frame. Event frames keep their Event so a coalesced one can be rewritten."""
 
@@ -92,7 +122,7 @@ class Connection:
     __slots__ = ("_lifetime", "_sender", "_stuck", "_waiter", "closing", "gone", "hub", "items", "limits",
                  "metrics", "replay_queued", "replays", "send_started", "tail", "watchers")
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Owner) -> None:
         self.hub = hub
         self.limits: Limits = hub.limits
         self.metrics: HubMetrics = hub.metrics

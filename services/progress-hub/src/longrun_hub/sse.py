@@ -45,6 +45,7 @@ def error(status: int, message: str, details: Any = None) -> JSONResponse:
 
 class SseConnection(Connection):
     __slots__ = ("_send",)
+    hub: Hub  # (the base class knows it only by what it uses of it)
     transport = "sse"
 
     def __init__(self, hub: Hub) -> None:

@@ -61,6 +61,7 @@ CLOSES = {
 
 class WsConnection(Connection):
     __slots__ = ("_protocol", "_send")
+    hub: Hub  # (the base class knows it only by what it uses of it)
     transport = "ws"
 
     def __init__(self, hub: Hub, send: Send) -> None:
@@ -69,6 +70,7 @@ class WsConnection(Connection):
         # Served by our uvicorn protocol (`python -m longrun_hub`): frames to an idle socket are written at once.
         protocol = getattr(send, "__self__", None)
         self._protocol = protocol if isinstance(protocol, HubWebSocketProtocol) else None
+        _count_protocol(hub, self._protocol)
 
     def send_now(self, text: str) -> bool:
         protocol = self._protocol
@@ -95,6 +97,24 @@ class WsConnection(Connection):
             await self._send({"type": "websocket.close", "code": code, "reason": close_reason(reason)})
         except OSError as exc:
             raise Disconnected from exc
+
+
+def _count_protocol(hub: Hub, protocol: HubWebSocketProtocol | None) -> None:
+    """The lean protocol relies on uvicorn internals and falls back silently when they change (see wsprotocol):
+    count which one serves each socket, and say it once per process when it is not the lean one."""
+    global _plain_warned
+    if protocol is not None and protocol.lean:
+        hub.metrics.websockets_lean.inc()
+        return
+    hub.metrics.websockets_plain.inc()
+    if not _plain_warned:
+        _plain_warned = True
+        log.warning("WebSockets are served by %s, not the hub's lean protocol: more memory per idle socket",
+                    "our protocol with uvicorn's queue/event (a uvicorn change)" if protocol is not None
+                    else "a plain uvicorn protocol")
+
+
+_plain_warned = False
 
 
 class MuxConnection(WsConnection):

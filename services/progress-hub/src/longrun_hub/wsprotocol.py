@@ -12,7 +12,9 @@ concern memory held by each open socket:
 It also offers `send_text_now`: what `send({"type": "websocket.send", "text": …})` does when it would not wait,
 done synchronously, so the hub can write a frame to an idle socket without waking its sender coroutine.
 
-Anything this does not recognise (another uvicorn version) is left as uvicorn made it.
+Anything this does not recognise (another uvicorn version) is left as uvicorn made it: the socket still works,
+but costs uvicorn's memory. `lean` says whether all three changes took; the hub counts each accepted socket by
+it (`longrun_hub_websockets_accepted_total{protocol}`) and warns once, and a test fails on anything but "lean".
 """
 
 from __future__ import annotations
@@ -142,6 +144,13 @@ class HubWebSocketProtocol(AnsweringWebSocketsProtocol):
             if writable.is_set():
                 gate.set()
             state["writable"] = gate
+
+    @property
+    def lean(self) -> bool:
+        """All three changes are in place (true once the socket is accepted; see the module docstring)."""
+        state = vars(self)
+        return (type(state.get("queue")) is Inbox and type(state.get("writable")) is Gate
+                and "request" not in state and "response" not in state)
 
     def start_keepalive(self) -> None:
         """uvicorn calls this once, right after writing the accepted handshake's response."""

@@ -11,35 +11,18 @@ from pydantic import BaseModel
 from longrun_common.catalog import TaskPolicy, TaskSpec
 from longrun_common.celery_app import QUEUES
 
+# The errors live in errors.py (context.py and reporter.py raise them, and this module's types name JobContext);
+# tasks import them from here.
+from .errors import JobCancelled, JobDrained, JobFailed, JobFenced, PermanentError, TransientError
+
 if TYPE_CHECKING:
     from .context import JobContext
 
+__all__ = ["REGISTRY", "JobCancelled", "JobDrained", "JobFailed", "JobFenced", "PermanentError", "TaskDefinition",
+           "TransientError", "task"]
+
 ArgsT = TypeVar("ArgsT", bound=BaseModel)
 TaskFn = Callable[["JobContext", Any], Any]
-
-
-class TransientError(Exception):
-    """A failure worth retrying (network blip, busy dependency): follows the task's retry policy."""
-
-
-class PermanentError(Exception):
-    """A failure no retry can fix (bad input file): fails the job at once with this message."""
-
-
-class JobCancelled(Exception):
-    """Raised inside a task at its next progress report after a cancel was requested."""
-
-
-class JobFenced(Exception):
-    """This attempt was superseded (presumed lost, then came back): stop without writing anything."""
-
-
-class JobFailed(Exception):
-    """Raised out of the Celery task after the job was recorded as failed, so Celery and Flower say FAILURE."""
-
-
-class JobDrained(Exception):
-    """The worker is shutting down: the job was checkpointed and goes back to the queue."""
 
 
 @dataclass(frozen=True)

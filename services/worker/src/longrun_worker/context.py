@@ -13,7 +13,7 @@ from longrun_common.models import StoredFile
 from longrun_common.settings import Settings
 from longrun_common.storage import file_path
 
-from .api import PermanentError
+from .errors import PermanentError
 from .reporter import Reporter
 
 

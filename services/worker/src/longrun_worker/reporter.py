@@ -19,7 +19,7 @@ from typing import Any
 from longrun_common.events import Progress
 from longrun_common.publisher import HEARTBEAT_CANCEL, HEARTBEAT_DRAIN, HEARTBEAT_FENCED, Published
 
-from .api import JobCancelled, JobDrained, JobFenced
+from .errors import JobCancelled, JobDrained, JobFenced
 
 log = logging.getLogger(__name__)
 
