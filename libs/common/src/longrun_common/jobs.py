@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import kombu.exceptions
 import redis
 from celery import Celery
 from sqlalchemy import Engine, func, update
@@ -89,6 +90,26 @@ class JobStore:
         except redis.RedisError:
             log.warning("job %s accepted but not yet published (Redis unavailable); reconciler will", job.id)
         return job
+
+    def submit_many(self, jobs: list[Job]) -> list[Published | None]:
+        """Commit every row in one transaction, then publish each job's `queued` and send its message.
+
+        Each entry of the result is the job's publish, or None when Redis or the broker failed for it (the job
+        is accepted all the same: the reconciler publishes and sends it later, as after a single submit).
+        """
+        with self.session() as session, telemetry.span("commit jobs", attributes={"longrun.jobs": len(jobs)}):
+            session.add_all(jobs)
+            session.commit()
+        published: list[Published | None] = [None] * len(jobs)
+        for index, job in enumerate(jobs):
+            try:
+                published[index] = self.announce(job)
+            except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
+                # Redis or the broker is down: stop here rather than wait out each remaining job's failure.
+                log.warning("%d jobs accepted but not yet published or sent (%s); the reconciler will",
+                            len(jobs) - index, exc)
+                break
+        return published
 
     def announce(self, job: Job, *, urgent: bool = False) -> Published:
         """Publish the job's current (queued/retrying) status and send its message; the reconciler reuses this

@@ -16,7 +16,8 @@ from longrun_common.states import TERMINAL, JobStatus
 from longrun_common.views import job_view
 
 from .. import views
-from ..contract import LOCATION, JobPage, JobView, error_responses, ok
+from ..batch import BatchRequest, build_jobs
+from ..contract import LOCATION, JobBatch, JobPage, JobView, error_responses, ok
 from ..deps import TEXT_PATTERN, GatewayDep, SessionDep, StoreDep, TenantDep, json_body, limit_submissions
 from ..errors import REDIS_DOWN, invalid, not_found
 from ..live import LiveUnavailable
@@ -63,6 +64,35 @@ def submit_job(
     return JSONResponse(
         view, status_code=202 if result.created else 200, headers={"Location": f"/v1/jobs/{result.job.id}"}
     )
+
+
+BatchRequestDep = Annotated[BatchRequest, Depends(json_body(BatchRequest))]
+_BATCH_BODY = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": BatchRequest.model_json_schema()}}}
+}
+
+
+@router.post(
+    ":batch",
+    status_code=202,
+    openapi_extra=_BATCH_BODY,
+    response_model=None,
+    responses={
+        **ok(202, JobBatch, "accepted: every job, in the order submitted"),
+        **error_responses(401, 413, 422, 429, 503),
+    },
+    dependencies=[Depends(limit_submissions)],
+)
+def submit_batch(tenant: TenantDep, gateway: GatewayDep, body: BatchRequestDep) -> JSONResponse:
+    """Accept up to 1,000 jobs in one transaction: all or none (one 422 names each problem as `jobs[i].field`)."""
+    jobs = build_jobs(gateway, tenant, body)
+    published = gateway.store.submit_many(jobs)
+    for job in jobs:
+        gateway.metrics.jobs_submitted.labels(job.task).inc()
+    # Built from what was just written (the rows and each `queued` event's seq): no read-back per job.
+    items = [views.present(gateway.settings, job, views.queued_snapshot(job, done)) for job, done in
+             zip(jobs, published, strict=True)]
+    return JSONResponse({"items": items}, status_code=202)
 
 
 @router.get("", response_model=None, responses={**ok(200, JobPage), **error_responses(401, 422, 503)})
