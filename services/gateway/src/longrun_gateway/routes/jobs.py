@@ -60,7 +60,9 @@ def submit_job(
     result = submit(gateway, tenant, body, key)
     if result.created:
         gateway.metrics.jobs_submitted.labels(result.job.task).inc()
-    view = views.present(gateway.settings, result.job, views.snapshot(gateway, result.job.id))
+    # A new job's live fields are what was just published (no HGETALL); a replay reads them afresh.
+    live = views.queued_snapshot(result.job, result.published) if result.created else None
+    view = views.present(gateway.settings, result.job, live or views.snapshot(gateway, result.job.id))
     return JSONResponse(
         view, status_code=202 if result.created else 200, headers={"Location": f"/v1/jobs/{result.job.id}"}
     )
