@@ -247,7 +247,7 @@ def build_job(gateway: Gateway, tenant: str, request: JobRequest) -> Job:
 
 def submit(gateway: Gateway, tenant: str, request: JobRequest, key: str | None) -> Submitted:
     """Accept a job; with an Idempotency-Key, a repeat of the same body returns the first job."""
-    digest = request.digest()
+    digest = request.digest() if key is not None else ""  # only a key's replay check needs it (sha256 of a dump)
     if key is not None:
         existing = find_key(gateway, tenant, key)
         if existing is not None:
