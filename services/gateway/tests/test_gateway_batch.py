@@ -86,6 +86,9 @@ async def test_batch_shape_errors(lite_client: httpx.AsyncClient, body: dict[str
 
 async def test_batch_needs_auth_and_a_json_object(lite_client: httpx.AsyncClient) -> None:
     assert (await lite_client.post("/v1/jobs:batch", json={"jobs": []})).status_code == 401
+    one = {"jobs": [{"task": "demo.steps", "args": {"steps": 1}}]}
+    response = await lite_client.post("/v1/jobs:batch", json=one, headers={**DEV, "Idempotency-Key": "k1"})
+    assert response.status_code == 422 and error_of(response)["details"][0]["field"] == "Idempotency-Key"
     response = await lite_client.post("/v1/jobs:batch", json=[{"task": "demo.steps"}], headers=DEV)
     assert response.status_code == 422 and error_of(response)["details"][0]["field"] == "body"
 

@@ -85,8 +85,15 @@ _BATCH_BODY = {
     },
     dependencies=[Depends(limit_submissions)],
 )
-def submit_batch(tenant: TenantDep, gateway: GatewayDep, body: BatchRequestDep) -> JSONResponse:
+def submit_batch(
+    tenant: TenantDep,
+    gateway: GatewayDep,
+    body: BatchRequestDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", include_in_schema=False)] = None,
+) -> JSONResponse:
     """Accept up to 1,000 jobs in one transaction: all or none (one 422 names each problem as `jobs[i].field`)."""
+    if idempotency_key is not None:  # refused, not ignored: a client must not believe its retry is safe
+        raise invalid("Idempotency-Key", "is not supported on a batch submit; submit the jobs one by one to use it")
     jobs = build_jobs(gateway, tenant, body)
     published = gateway.store.submit_many(jobs)
     for job in jobs:
