@@ -8,13 +8,17 @@ import json
 import httpx
 import pytest
 import redis
-from gateway_support import DEV, error_of
+from gateway_support import DEV, error_of, seed_catalog, serve
 from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
+from longrun_common.db import create_db_engine
 from longrun_common.models import Job
+from longrun_common.settings import Settings
+from longrun_gateway.app import create_app
 from longrun_gateway.batch import MAX_BATCH
 from tests.support.jobs import queued_messages
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -102,3 +106,21 @@ async def test_batch_of_the_maximum_size(
     assert len(response.json()["items"]) == MAX_BATCH
     assert _count(engine) == MAX_BATCH
     assert len(queued_messages(redis_client, key_prefix)) == MAX_BATCH
+
+
+async def test_batch_while_redis_is_down_is_accepted_into_sql(sqlite_url: str) -> None:
+    """As a single submit: the rows are the record; the reconciler publishes and sends once Redis is back."""
+    settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", database_url=sqlite_url, key_prefix="down",
+                        api_keys="dev:dev-key")
+    engine = create_db_engine(settings)
+    seed_catalog(engine)
+    try:
+        async with serve(create_app(settings)) as client:
+            body = {"jobs": [{"task": "demo.steps", "args": {"steps": n}} for n in (1, 2, 3)]}
+            response = await client.post("/v1/jobs:batch", json=body, headers=DEV)
+            assert response.status_code == 202, response.text
+            items = response.json()["items"]
+            assert [(item["status"], item["seq"]) for item in items] == [("queued", 0)] * 3
+            assert _count(engine) == 3
+    finally:
+        engine.dispose()
