@@ -128,6 +128,10 @@ class JobPage(BaseModel):
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
 
 
+class JobBatch(BaseModel):
+    items: list[JobView] = Field(description="the accepted jobs, in the order they were submitted")
+
+
 class TaskEntry(BaseModel):
     name: str
     description: str

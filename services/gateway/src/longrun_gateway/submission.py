@@ -23,6 +23,7 @@ from longrun_common.catalog import TaskPolicy
 from longrun_common.celery_app import QUEUES
 from longrun_common.jobs import JobStore
 from longrun_common.models import IdempotencyKey, Job, TaskRecord, utcnow
+from longrun_common.publisher import Published
 from longrun_common.settings import Settings
 
 from .errors import ApiError, field_path, invalid, invalid_many
@@ -83,6 +84,7 @@ class JobRequest(BaseModel):
 class Submitted:
     job: Job
     created: bool  # False: an Idempotency-Key replay of an earlier submission
+    published: Published | None = None  # a new job's `queued` event; None after a replay or while Redis is down
 
 
 def check_idempotency_key(value: str | None) -> str | None:
@@ -257,7 +259,7 @@ def build_job(gateway: Gateway, tenant: str, request: JobRequest) -> Job:
 
 def submit(gateway: Gateway, tenant: str, request: JobRequest, key: str | None) -> Submitted:
     """Accept a job; with an Idempotency-Key, a repeat of the same body returns the first job."""
-    digest = request.digest()
+    digest = request.digest() if key is not None else ""  # only a key's replay check needs it (sha256 of a dump)
     if key is not None:
         existing = find_key(gateway, tenant, key)
         if existing is not None:
@@ -267,8 +269,9 @@ def submit(gateway: Gateway, tenant: str, request: JobRequest, key: str | None) 
     if key is not None:
         expires = utcnow() + timedelta(seconds=gateway.settings.idempotency_ttl_seconds)
         idempotency = IdempotencyKey(tenant=tenant, key=key, request_hash=digest, job_id=job.id, expires_at=expires)
+    published = None
     try:
-        gateway.store.submit(job, idempotency)
+        published = gateway.store.accept(job, idempotency)
     except IntegrityError:
         # Two requests with one key raced; the loser's transaction (job and key) rolled back as a whole.
         existing = find_key(gateway, tenant, key) if key is not None else None
@@ -279,7 +282,7 @@ def submit(gateway: Gateway, tenant: str, request: JobRequest, key: str | None) 
         # The row is committed and the queued event published; only the broker send failed. The job is
         # accepted: the reconciler re-sends messages for queued jobs.
         log.warning("job %s accepted but its message is not sent yet: %s", job.id, exc)
-    return Submitted(job, created=True)
+    return Submitted(job, created=True, published=published)
 
 
 def find_key(gateway: Gateway, tenant: str, key: str) -> IdempotencyKey | None:

@@ -12,6 +12,7 @@ from sqlmodel import Session
 
 from longrun_common import tokens
 from longrun_common.models import Job
+from longrun_common.publisher import Published
 from longrun_common.reader import decode_snapshot
 from longrun_common.settings import Settings
 from longrun_common.views import iso, job_view
@@ -71,6 +72,14 @@ def load_job(session: Session, tenant: str, job_id: str) -> Job:
     if job is None or job.tenant != tenant:
         raise not_found("job", job_id)
     return job
+
+
+def queued_snapshot(job: Job, published: Published | None) -> dict[str, Any] | None:
+    """The live fields of a job just submitted, from what was just written (None when nothing was published)."""
+    if published is None or published.fenced:
+        return None
+    return {"status": job.status, "seq": published.seq, "attempt": job.attempt, "progress": {},
+            "updated_at": job.updated_at}
 
 
 def snapshot(gateway: Gateway, job_id: str) -> dict[str, Any] | None:

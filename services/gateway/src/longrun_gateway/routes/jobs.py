@@ -16,7 +16,8 @@ from longrun_common.states import TERMINAL, JobStatus
 from longrun_common.views import job_view
 
 from .. import views
-from ..contract import LOCATION, JobPage, JobView, error_responses, ok
+from ..batch import BatchRequest, build_jobs
+from ..contract import LOCATION, JobBatch, JobPage, JobView, error_responses, ok
 from ..deps import TEXT_PATTERN, GatewayDep, SessionDep, StoreDep, TenantDep, json_body, limit_submissions
 from ..errors import REDIS_DOWN, invalid, not_found
 from ..live import LiveUnavailable
@@ -59,10 +60,48 @@ def submit_job(
     result = submit(gateway, tenant, body, key)
     if result.created:
         gateway.metrics.jobs_submitted.labels(result.job.task).inc()
-    view = views.present(gateway.settings, result.job, views.snapshot(gateway, result.job.id))
+    # A new job's live fields are what was just published (no HGETALL); a replay reads them afresh.
+    live = views.queued_snapshot(result.job, result.published) if result.created else None
+    view = views.present(gateway.settings, result.job, live or views.snapshot(gateway, result.job.id))
     return JSONResponse(
         view, status_code=202 if result.created else 200, headers={"Location": f"/v1/jobs/{result.job.id}"}
     )
+
+
+BatchRequestDep = Annotated[BatchRequest, Depends(json_body(BatchRequest))]
+_BATCH_BODY = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": BatchRequest.model_json_schema()}}}
+}
+
+
+@router.post(
+    ":batch",
+    status_code=202,
+    openapi_extra=_BATCH_BODY,
+    response_model=None,
+    responses={
+        **ok(202, JobBatch, "accepted: every job, in the order submitted"),
+        **error_responses(401, 413, 422, 429, 503),
+    },
+    dependencies=[Depends(limit_submissions)],
+)
+def submit_batch(
+    tenant: TenantDep,
+    gateway: GatewayDep,
+    body: BatchRequestDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", include_in_schema=False)] = None,
+) -> JSONResponse:
+    """Accept up to 1,000 jobs in one transaction: all or none (one 422 names each problem as `jobs[i].field`)."""
+    if idempotency_key is not None:  # refused, not ignored: a client must not believe its retry is safe
+        raise invalid("Idempotency-Key", "is not supported on a batch submit; submit the jobs one by one to use it")
+    jobs = build_jobs(gateway, tenant, body)
+    published = gateway.store.submit_many(jobs)
+    for job in jobs:
+        gateway.metrics.jobs_submitted.labels(job.task).inc()
+    # Built from what was just written (the rows and each `queued` event's seq): no read-back per job.
+    items = [views.present(gateway.settings, job, views.queued_snapshot(job, done)) for job, done in
+             zip(jobs, published, strict=True)]
+    return JSONResponse({"items": items}, status_code=202)
 
 
 @router.get("", response_model=None, responses={**ok(200, JobPage), **error_responses(401, 422, 503)})
