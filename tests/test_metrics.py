@@ -5,19 +5,17 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 
 from longrun_common.jobs import JobStore
-from longrun_common.settings import Settings
 from longrun_common.states import JobStatus
 from longrun_gateway.sqlmetrics import JobsCollector
 from longrun_worker import metrics as worker_metrics
 from tests.support.fixtures import ServiceFactory
-from tests.support.jobs import make_store, submit, wait_for
+from tests.support.jobs import submit, wait_for
 from tests.support.metrics import check_against_docs, documented, samples, scrape
 from tests.support.processes import free_port
 
@@ -25,13 +23,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def store(settings: Settings) -> Iterator[JobStore]:
-    store = make_store(settings)
-    yield store
-    assert store.celery is not None
-    store.celery.close()
-    store.redis.close()
-    store.engine.dispose()
+def store(job_store: JobStore) -> JobStore:
+    return job_store
 
 
 def test_metrics_table_is_well_formed() -> None:

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -26,7 +25,7 @@ from websockets.sync.client import connect
 from longrun_common.jobs import JobStore
 from longrun_common.settings import Settings
 from tests.support.fixtures import ServiceFactory
-from tests.support.jobs import make_store, submit, wait_for
+from tests.support.jobs import submit, wait_for
 from tests.support.processes import free_port
 from tests.support.servers import repo_root
 
@@ -143,13 +142,8 @@ class Prometheus:
 
 
 @pytest.fixture
-def store(settings: Settings) -> Iterator[JobStore]:
-    store = make_store(settings)
-    yield store
-    assert store.celery is not None
-    store.celery.close()
-    store.redis.close()
-    store.engine.dispose()
+def store(job_store: JobStore) -> JobStore:
+    return job_store
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
