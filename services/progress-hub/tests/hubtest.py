@@ -5,23 +5,57 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+import uvicorn
 import websockets
 from websockets.asyncio.client import ClientConnection
 
 from longrun_common.events import Progress
+from longrun_common.httpserver import server_options
 from longrun_common.keys import Keys
 from longrun_common.publisher import EventSpec, Publisher
 from longrun_common.settings import Settings
 from longrun_common.states import JobStatus
 from longrun_common.tokens import mint
-from tests.support.processes import Service
+from longrun_hub.app import create_app
+from longrun_hub.wsprotocol import HubWebSocketProtocol
+from tests.support.processes import Service, free_port, python_module, service_env
 
 T = TypeVar("T")
+
+
+@contextmanager
+def private_hub(redis_url: str, log_dir: Path, name: str) -> Iterator[Service]:
+    """A `python -m longrun_hub` of the caller's own (own prefix and port): its gauges count only its sockets."""
+    prefix, port = f"h{uuid.uuid4().hex[:9]}", free_port()
+    env = service_env({"LONGRUN_REDIS_URL": redis_url, "LONGRUN_KEY_PREFIX": prefix, "LONGRUN_HUB_PORT": str(port)})
+    service = Service(name, python_module("longrun_hub"), env, log_dir / "hub.log", port).start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@asynccontextmanager
+async def inprocess_hub(settings: Settings, ws: Any = HubWebSocketProtocol) -> AsyncIterator[tuple[str, Any]]:
+    """The hub app under uvicorn in this process (so a test can reach into it), on a free port."""
+    app = create_app(settings)
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), lifespan="on", log_level="warning",
+                            **{**server_options(settings), "ws": ws})
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    await until(lambda: server.started)
+    try:
+        yield f"http://127.0.0.1:{config.port}", app
+    finally:
+        server.should_exit = True
+        await task
 
 
 class Jobs:

@@ -28,11 +28,11 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from hubtest import Jobs, eventually, ws_url
+from hubtest import Jobs, eventually, private_hub, ws_url
 
 from longrun_common.settings import Settings
 from longrun_hub.frames import CLIENT_FRAME_MAX
-from tests.support.processes import Service, free_port, python_module, service_env
+from tests.support.processes import Service
 
 pytestmark = pytest.mark.integration
 
@@ -270,12 +270,8 @@ def check_frames(finding: Finding, received: list[str]) -> Finding | None:
 @pytest.fixture(scope="module")
 def fuzz_hub(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """A hub of the fuzzer's own: its gauge, RSS and log concern only these cases."""
-    prefix, port = f"hf{uuid.uuid4().hex[:8]}", free_port()
-    env = service_env({"LONGRUN_REDIS_URL": redis_url, "LONGRUN_KEY_PREFIX": prefix, "LONGRUN_HUB_PORT": str(port)})
-    service = Service("hub-fuzz", python_module("longrun_hub"), env,
-                      tmp_path_factory.mktemp("fuzz-hub") / "hub.log", port).start()
-    yield service
-    service.stop()
+    with private_hub(redis_url, tmp_path_factory.mktemp("fuzz-hub"), "hub-fuzz") as service:
+        yield service
 
 
 def rss_bytes(service: Service) -> int:

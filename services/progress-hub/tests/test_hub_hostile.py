@@ -7,22 +7,18 @@ import asyncio
 import contextlib
 import json
 import socket
-import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
-import uvicorn
 import websockets
-from hubtest import Jobs, close_of, eventually, read_until_closed, until, ws_url
+from hubtest import Jobs, close_of, eventually, inprocess_hub, private_hub, read_until_closed, ws_url
 
 from longrun_common.settings import Settings
-from longrun_hub.app import create_app
 from longrun_hub.frames import CLIENT_FRAME_MAX
 from longrun_hub.ws import MuxSocket
-from longrun_hub.wsprotocol import HubWebSocketProtocol
 from tests.support.fixtures import ServiceFactory
-from tests.support.processes import Service, free_port, python_module, service_env
+from tests.support.processes import Service
 
 pytestmark = pytest.mark.integration
 
@@ -42,12 +38,8 @@ async def connections(base: str, transport: str = "mux") -> float:
 @pytest.fixture(scope="module")
 def hostile_hub(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """A hub of this module's own, so its connection gauge counts only these tests' sockets."""
-    prefix, port = f"hh{uuid.uuid4().hex[:8]}", free_port()
-    env = service_env({"LONGRUN_REDIS_URL": redis_url, "LONGRUN_KEY_PREFIX": prefix, "LONGRUN_HUB_PORT": str(port)})
-    service = Service("hub-hostile", python_module("longrun_hub"), env,
-                      tmp_path_factory.mktemp("hostile-hub") / "hub.log", port).start()
-    yield service
-    service.stop()
+    with private_hub(redis_url, tmp_path_factory.mktemp("hostile-hub"), "hub-hostile") as service:
+        yield service
 
 
 @pytest.fixture
@@ -142,26 +134,17 @@ async def test_answers_nobody_reads_count_against_the_queue_limit(services: Serv
 
 
 @pytest.fixture
-async def inprocess_hub(settings: Settings) -> AsyncIterator[tuple[str, object]]:
-    """The hub app under uvicorn in this process (so a test can break a method), on a free port."""
-    app = create_app(settings)
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, ws=HubWebSocketProtocol, lifespan="on",
-                            log_level="warning")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    await until(lambda: server.started)
-    yield f"http://127.0.0.1:{port}", app
-    server.should_exit = True
-    await task
+async def hub_in_process(settings: Settings) -> AsyncIterator[tuple[str, object]]:
+    async with inprocess_hub(settings) as served:
+        yield served
 
 
 async def test_any_reader_failure_closes_1011_and_removes_the_connection(
-        inprocess_hub: tuple[str, object], settings: Settings, jobs: Jobs, monkeypatch: pytest.MonkeyPatch,
+        hub_in_process: tuple[str, object], settings: Settings, jobs: Jobs, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     """The deeper cause of the zombie sockets: the sender learns of the client leaving only from the reader, so a
     reader that died of any exception left the sender waiting forever. Whatever kills the reader now closes."""
-    base, app = inprocess_hub
+    base, app = hub_in_process
 
     async def broken(*args: object) -> str | None:
         raise KeyError("a bug in frame handling")

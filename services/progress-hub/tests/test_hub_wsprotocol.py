@@ -11,17 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import websockets
-from hubtest import Jobs, SharedHub, until, ws_url
+from hubtest import Jobs, SharedHub, inprocess_hub, ws_url
 
-from longrun_common.httpserver import server_options
 from longrun_common.settings import Settings
 from longrun_hub import ws as ws_module
-from longrun_hub.app import create_app
 from longrun_hub.ws import WsConnection
 from longrun_hub.wsprotocol import Gate, HubWebSocketProtocol, Inbox
-from tests.support.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -52,16 +48,8 @@ async def test_a_real_hub_process_serves_websockets_with_the_lean_protocol(hub: 
 @pytest.fixture
 async def served(settings: Settings, request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, Any]]:
     """The hub app under a real uvicorn server in this process, with the `ws` protocol of the test's param."""
-    app = create_app(settings)
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning",
-                            **{**server_options(settings), "ws": request.param})
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    await until(lambda: server.started)
-    yield f"http://127.0.0.1:{port}", app
-    server.should_exit = True
-    await task
+    async with inprocess_hub(settings, request.param) as served:
+        yield served
 
 
 async def _open_connection(base: str, app: Any, jobs: Jobs) -> tuple[WsConnection, dict[str, float]]:
