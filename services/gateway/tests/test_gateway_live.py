@@ -75,7 +75,7 @@ class FreezableProxy:
 
 @contextlib.asynccontextmanager
 async def listener(url: str, prefix: str, **options: float) -> AsyncIterator[LiveEvents]:
-    live = LiveEvents(aioredis.Redis.from_url(url, socket_connect_timeout=2), Keys(prefix), **options)
+    live = LiveEvents(url, Keys(prefix), **options)
     await live.start()
     try:
         yield live
@@ -102,48 +102,47 @@ async def test_a_failed_subscribe_does_not_strand_the_next_watcher(
     redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Found by review: the second watcher of a channel whose first SUBSCRIBE failed was handed out as if
-    subscribed, and then waited out its whole long-poll on a channel nobody had subscribed."""
-    async with listener(redis_url, key_prefix, subscribe_timeout=3) as live:
-        pubsub = live._pubsub
-        assert pubsub is not None
-        real = pubsub.subscribe
+    subscribed, and then waited out its whole long-poll on a channel nobody had subscribed. Now a failed
+    SUBSCRIBE write drops the connection (what was written is unknown); the subscriber reconnects and
+    subscribes the channel again, and both watchers are handed out only once that is confirmed."""
+    async with listener(redis_url, key_prefix, subscribe_timeout=5) as live:
+        conn = live._subscriber._conn
+        assert conn is not None
+        real = conn.send_command
         release = asyncio.Event()
-        calls: list[tuple[str, ...]] = []
+        calls: list[tuple[object, ...]] = []
 
-        async def flaky(*channels: str) -> None:
-            calls.append(channels)
-            if len(calls) == 1:
-                await release.wait()
-                raise redis.ConnectionError("SUBSCRIBE lost")
-            await real(*channels)
+        async def flaky(*args: object, **kwargs: object) -> None:
+            if args[0] == "SUBSCRIBE":
+                calls.append(args)
+                if len(calls) == 1:
+                    await release.wait()
+                    raise redis.ConnectionError("SUBSCRIBE lost")
+            await real(*args, **kwargs)
 
-        monkeypatch.setattr(pubsub, "subscribe", flaky)
-
-        async def first() -> None:
-            async with live.watch("job"):
-                raise AssertionError("the first watcher's subscription failed; it must not be handed out")
-
+        monkeypatch.setattr(conn, "send_command", flaky)
         heard: dict[str, object] = {}
-        inside = asyncio.Event()
+        inside = [asyncio.Event(), asyncio.Event()]
 
-        async def second() -> None:
+        async def watcher(n: int) -> None:
             async with live.watch("job") as watch:
-                inside.set()
-                heard["news"] = await watch.wait(3)
-                heard["seq"] = watch.seq
+                inside[n].set()
+                assert not watch.broken  # the loss came before its confirmation: it missed nothing
+                heard[f"news{n}"] = await watch.wait(5)
+                heard[f"seq{n}"] = watch.seq
 
-        first_task = asyncio.create_task(first())
+        first = asyncio.create_task(watcher(0))
         await until(lambda: bool(calls))  # the first SUBSCRIBE is in flight
-        second_task = asyncio.create_task(second())
+        second = asyncio.create_task(watcher(1))
         await asyncio.sleep(0.05)  # the second watcher queues up behind it
+        assert not inside[0].is_set() and not inside[1].is_set()
         release.set()
-        with pytest.raises(LiveUnavailable):
-            await first_task
-        await asyncio.wait_for(inside.wait(), 5)
+        await asyncio.wait_for(asyncio.gather(inside[0].wait(), inside[1].wait()), 5)
+        assert live._subscriber.connects == 2  # confirmed on a fresh connection, not the failed one
         await publish(redis_url, key_prefix, "job", 7)
-        await asyncio.wait_for(second_task, 5)
-        assert heard == {"news": True, "seq": 7}
-        assert len(calls) == 2  # the second watcher subscribed for itself
+        await asyncio.wait_for(asyncio.gather(first, second), 5)
+        assert heard == {"news0": True, "seq0": 7, "news1": True, "seq1": 7}
+        assert len(calls) == 1  # the failed connection was written to once, then replaced
 
 
 async def test_an_unconfirmed_subscribe_fails_every_waiter_on_the_channel(redis_url: str, key_prefix: str) -> None:

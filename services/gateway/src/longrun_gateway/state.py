@@ -55,10 +55,6 @@ class Gateway:
         # connection that a Redis restart closed without the request noticing (see redis_clients.py).
         sync_client = sync_redis(settings.redis_url)
         async_client = async_redis(settings.redis_url)
-        # The listener's connection must surface a disconnect to us (no silent internal retries), so that
-        # waiters are told they may have missed an event; it PINGs on its own. Its reads pass their own
-        # timeouts; the socket timeout bounds only writes and the handshake of a (re)connect.
-        listen_client = async_redis(settings.redis_url, retries=0, health_check=False)
         celery = create_celery(settings, name="longrun-gateway")
         # No `task-sent` event per submission: a second Redis publish that doubled the cost of a send. Flower
         # still follows every task through the worker's received/started/succeeded events.
@@ -78,7 +74,7 @@ class Gateway:
             reader=Reader(keys),
             store=store,
             catalog=TaskCatalog(engine),
-            live=LiveEvents(listen_client, keys),
+            live=LiveEvents(settings.redis_url, keys),  # its own connection (longrun_common.pubsub)
             limiter=SubmitLimiter(async_client, keys, settings.tenant_rate_limit),
             metrics=metrics,
             auth=Authenticator(settings, engine),

@@ -21,10 +21,10 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from longrun_common import telemetry
+from longrun_common.pubsub import Subscriber
 from longrun_common.settings import Settings
 from longrun_common.states import TERMINAL
 
-from .feed import RedisFeed
 from .frames import Event, snapshot_frame
 from .metrics import HubMetrics
 from .outbox import Watcher
@@ -52,7 +52,7 @@ class Delivery:
 
     settings: Settings
     metrics: HubMetrics
-    feed: RedisFeed
+    feed: Subscriber
     channels: dict[str, Channel]
     _tasks: set[asyncio.Task[None]]
     _repair_slots: asyncio.Semaphore
@@ -151,6 +151,8 @@ class Delivery:
 
     def on_resubscribed(self) -> None:
         """The pub/sub connection is back: events may have been missed, re-check every watched job."""
+        if self.feed.connects > 1:
+            self.metrics.redis_reconnects.inc()
         for channel in list(self.channels.values()):
             if self.feed.connects > 1:
                 self.metrics.repair_reconnect.inc()

@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from longrun_common.keys import Keys
+from longrun_common.pubsub import Subscriber
 from longrun_common.reader import decode_snapshot, stream_range
 from longrun_common.redis_clients import async_blocking_redis
 from longrun_common.settings import Settings
@@ -32,7 +33,6 @@ from longrun_common.states import TERMINAL
 from longrun_common.tokens import StreamScope
 
 from .delivery import Channel, Delivery, snapshot_ts
-from .feed import RedisFeed
 from .frames import Event
 from .metrics import HubMetrics
 from .outbox import Connection, Limits, Watcher
@@ -71,12 +71,13 @@ class Hub(Delivery):
         self.redis: aioredis.Redis[bytes] = async_blocking_redis(
             settings.redis_url, max_connections=settings.hub_redis_pool_size, timeout=settings.hub_subscribe_timeout
         )
-        self.feed = RedisFeed(
+        self.feed = Subscriber(
             settings.redis_url,
             self.keys,
-            self.metrics,
             on_message=self.on_message,
-            on_resubscribed=self.on_resubscribed,
+            on_connected=self.on_resubscribed,
+            on_subscriptions=self.metrics.subscriptions.set,
+            name="hub pub/sub",
             backoff_min=settings.hub_redis_backoff_min,
             backoff_max=settings.hub_redis_backoff_max,
             health_interval=settings.hub_redis_health_interval,

@@ -1,12 +1,22 @@
-"""The process's one Redis pub/sub connection, subscribed to exactly the jobs someone here watches.
+"""One Redis pub/sub connection per process, subscribed to exactly the job channels someone here watches.
 
-- `add(job)` returns a future that resolves once Redis has confirmed SUBSCRIBE for the job's channel on the
-  current connection (the seam waits for it before reading the snapshot); `discard(job)` lets it go.
-- One writer task reconciles wanted vs. subscribed channels in batches (one SUBSCRIBE / UNSUBSCRIBE per batch)
-  and PINGs the connection; one listener task reads messages and hands them to the hub synchronously.
-- On any error the listener drops the connection, waits with capped, jittered exponential backoff, connects
-  again, re-subscribes every wanted channel and calls `on_resubscribed` so the hub repairs from the streams.
-  A connection that answers nothing for three health intervals counts as lost.
+The one pub/sub core of Longrun: the progress hub fans its messages out to WebSocket/SSE clients, the gateway
+wakes long-polls with it. Both rely on the same rules:
+
+- `add(job)` returns a future that resolves once Redis has confirmed SUBSCRIBE of the job's channel on the
+  current connection (a consumer reads its snapshot only after that, so nothing published in between is lost:
+  the seam rule of docs/INTERNALS.md); `discard(job)` lets it go.
+- One writer task reconciles wanted vs. subscribed channels in batches (one SUBSCRIBE / UNSUBSCRIBE per
+  `CHUNK` channels) and PINGs the connection every `health_interval`; one listener task reads the replies and
+  hands each message to `on_message(job_id, data)` synchronously (the hub's hot path: no queue in between).
+- A connection that fails, whose write fails, or that answers nothing for three health intervals (half-open:
+  the peer vanished without a FIN/RST) is dropped: `on_lost` is called at once, then the listener waits with
+  capped, jittered exponential backoff, connects again, re-subscribes every wanted channel and calls
+  `on_connected`. Subscriptions survive a reconnect; events published while disconnected do not, so a
+  consumer must treat both calls as "repair from the stream": the hub re-reads its seams, the gateway's
+  long-polls re-read the snapshot. Nothing is ever missed silently.
+- Buffers are bounded: Redis bounds what it queues for a slow subscriber (`client-output-buffer-limit pubsub`,
+  it closes the connection past it: a loss like any other), and nothing is queued on this side.
 
 Confirmations arrive in the order SUBSCRIBEs were written, per channel; a FIFO of futures per channel matches
 them even when a channel is unsubscribed and subscribed again before the first confirmation arrives.
@@ -25,40 +35,46 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from longrun_common.keys import Keys
-from longrun_common.redis_clients import async_pool
-
-from .metrics import HubMetrics
+from .keys import Keys
+from .redis_clients import async_pool
 
 log = logging.getLogger(__name__)
 
 CHUNK = 500  # channels per SUBSCRIBE / UNSUBSCRIBE command
 
 
-class RedisFeed:
-    """Single pub/sub connection with reconnect, re-subscribe and health checks."""
+def _nothing(*_: Any) -> None:
+    pass
+
+
+class Subscriber:
+    """Single pub/sub connection with confirmed subscriptions, reconnect, re-subscribe and health checks."""
 
     def __init__(
         self,
         url: str,
         keys: Keys,
-        metrics: HubMetrics,
         *,
         on_message: Callable[[str, bytes], None],
-        on_resubscribed: Callable[[], None],
+        on_connected: Callable[[], None] = _nothing,
+        on_lost: Callable[[BaseException], None] = _nothing,
+        on_subscriptions: Callable[[int], None] = _nothing,
         backoff_min: float = 0.05,
         backoff_max: float = 2.0,
         health_interval: float = 5.0,
+        name: str = "pubsub",
     ) -> None:
         # Reconnects and health checks are this class's own: the connection must not retry behind its back.
         self._pool: aioredis.ConnectionPool[Any] = async_pool(url, retries=0, health_check=False)
         self.keys = keys
-        self.metrics = metrics
         self._on_message = on_message
-        self._on_resubscribed = on_resubscribed
+        self._on_connected = on_connected
+        self._on_lost = on_lost
+        self._on_subscriptions = on_subscriptions  # a gauge: channels subscribed on the current connection
         self.backoff_min = backoff_min
         self.backoff_max = max(backoff_max, backoff_min)
         self.health_interval = health_interval
+        self.name = name
         self._prefix_len = len(keys.channel(""))
         self._wanted: dict[str, asyncio.Future[None]] = {}
         self._retired: dict[str, asyncio.Future[None]] = {}  # discarded, UNSUBSCRIBE not yet written
@@ -70,9 +86,10 @@ class RedisFeed:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.connected = False
-        self.connects = 0
+        self.connects = 0  # successful connections so far (a consumer compares it to notice a reconnect)
+        self.attempted = asyncio.Event()  # set once the first connection succeeded or failed
 
-    # --- what the hub calls ------------------------------------------------------------------------------
+    # --- what consumers call -----------------------------------------------------------------------------
 
     def add(self, job_id: str) -> asyncio.Future[None]:
         """Want the job's channel; the future resolves when the subscription is confirmed."""
@@ -95,17 +112,25 @@ class RedisFeed:
             self._wake.set()
 
     def ready(self, job_id: str) -> asyncio.Future[None] | None:
-        """The current confirmation future of a wanted job."""
+        """The current confirmation future of a wanted job (a new one after each reconnect)."""
         return self._wanted.get(job_id)
 
+    @property
+    def settled(self) -> bool:
+        """True when every wanted channel is subscribed and confirmed (none waits to be written or answered)."""
+        return not self._dirty and not any(self._pending.values())
+
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._listen(), name="hub-feed-listener"),
-                       asyncio.create_task(self._write(), name="hub-feed-writer")]
+        self._tasks = [asyncio.create_task(self._listen(), name=f"{self.name}-listener"),
+                       asyncio.create_task(self._write(), name=f"{self.name}-writer")]
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
+            # Again until it ends: on Python 3.11 `asyncio.wait_for` (redis-py's socket writes) swallows a
+            # cancellation that arrives just as the write completes.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
@@ -119,6 +144,7 @@ class RedisFeed:
         loop = asyncio.get_running_loop()
         while True:
             conn = self._pool.make_connection()
+            lost: BaseException | None = None
             try:
                 await conn.connect()
                 async with self._lock:
@@ -134,9 +160,9 @@ class RedisFeed:
                     self.connected = True
                 self.connects += 1
                 if self.connects > 1:
-                    self.metrics.redis_reconnects.inc()
-                    log.info("pub/sub reconnected; re-subscribed %d channels", len(self._wanted))
-                self._on_resubscribed()
+                    log.info("%s reconnected; re-subscribed %d channels", self.name, len(self._wanted))
+                self._on_connected()
+                self.attempted.set()
                 self._wake.set()
                 delay = self.backoff_min
                 window = 3 * self.health_interval
@@ -149,15 +175,19 @@ class RedisFeed:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure of the connection means: drop it and start again
-                log.warning("pub/sub connection lost (%s: %s); reconnecting in ~%.2fs", type(exc).__name__, exc,
-                            delay)
+                lost = exc
+                log.warning("%s connection lost (%s: %s); reconnecting in ~%.2fs", self.name, type(exc).__name__,
+                            exc, delay)
             finally:
-                self.connected = False
+                was_connected, self.connected = self.connected, False
                 if self._conn is conn:
                     self._conn = None
                 with contextlib.suppress(Exception):
                     await conn.disconnect(nowait=True)
-            self.metrics.subscriptions.set(0)
+            self._on_subscriptions(0)
+            self.attempted.set()
+            if was_connected and lost is not None:
+                self._on_lost(lost)
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self.backoff_max)
 
@@ -203,8 +233,13 @@ class RedisFeed:
                         await conn.send_command("PING", check_health=False)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the listener notices the broken connection and reconnects
-                log.debug("pub/sub write failed: %s", exc)
+            except Exception as exc:
+                # What was written is unknown now (a SUBSCRIBE may never be confirmed): drop the connection,
+                # so the listener reconnects and subscribes every wanted channel afresh.
+                log.warning("%s write failed (%s: %s); reconnecting", self.name, type(exc).__name__, exc)
+                if self._conn is conn:
+                    with contextlib.suppress(Exception):
+                        await conn.disconnect(nowait=True)
 
     async def _reconcile(self, conn: Any) -> None:
         dirty, self._dirty = self._dirty, set()
@@ -217,7 +252,7 @@ class RedisFeed:
             self._subscribed.difference_update(chunk)
             await conn.send_command("UNSUBSCRIBE", *[self.keys.channel(j) for j in chunk], check_health=False)
         await self._subscribe(conn, subscribe)
-        self.metrics.subscriptions.set(len(self._subscribed))
+        self._on_subscriptions(len(self._subscribed))
 
     async def _subscribe(self, conn: Any, jobs: list[str]) -> None:
         for chunk in _chunks(jobs):
@@ -225,7 +260,7 @@ class RedisFeed:
                 self._pending.setdefault(job_id, deque()).append(self._wanted[job_id])
                 self._subscribed.add(job_id)
             await conn.send_command("SUBSCRIBE", *[self.keys.channel(j) for j in chunk], check_health=False)
-        self.metrics.subscriptions.set(len(self._subscribed))
+        self._on_subscriptions(len(self._subscribed))
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
