@@ -64,6 +64,17 @@ class Maintenance:
         self._renew = store.redis.register_script(_RENEW_LOCK)
         self._drop = store.redis.register_script(_DROP_EXPIRED)
 
+    @property
+    def lost_lease_grace(self) -> float:
+        """How long a running job whose lease Redis lost waits for its worker to renew it before it is reaped.
+
+        A live worker re-adds its lease at its next heartbeat (every lease / 3) or progress report; a dead one
+        never does. So one heartbeat interval plus 2 s for the worker's Redis client to reconnect, not a whole
+        lease: the job of a worker killed just before Redis lost its data (the lease wiped with it) then runs
+        again within about a lease of the kill, as any other killed worker's job does."""
+        lease = self.settings.lease_seconds
+        return min(lease, lease / 3 + 2.0)
+
     def start(self) -> threading.Event:
         """Run in a daemon thread until the returned event is set."""
         stop = threading.Event()
@@ -204,8 +215,8 @@ class Maintenance:
 
     def _reconcile_running(self, job: Job, found: _JobHash) -> None:
         redis, keys = self.store.redis, self.store.keys
-        # No lease (Redis lost it): give the worker one lease period to renew it, then the reaper acts.
-        redis.zadd(keys.leases(), {job.id: time.time() + self.settings.lease_seconds}, nx=True)
+        # No lease (Redis lost it): put back a short one that only a live worker renews; then the reaper acts.
+        redis.zadd(keys.leases(), {job.id: time.time() + self.lost_lease_grace}, nx=True)
         if found.tenant is None and found.attempt is not None:
             # The hash was recreated by the worker's next report after a loss: restore who owns it.
             redis.hset(keys.job(job.id), mapping=cast("Mapping[str | bytes, str]", creation_fields(job)))
