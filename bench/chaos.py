@@ -1,7 +1,7 @@
 """Chaos: jobs while a worker is killed -9 every few seconds and Redis is restarted once; Longrun vs plain Celery.
 
-Each side runs the same schedule on its own private Redis: 3 workers (N processes each); all jobs submitted at
-t0; once they are all accepted, every `--kill-every` seconds during the chaos window one worker's
+Each side runs the same schedule on its own private Redis: all jobs submitted, then 3 workers (N processes each)
+started; from t0, when they are ready, every `--kill-every` seconds during the chaos window one worker's
 whole process group gets SIGKILL (only while another worker is ready) and a replacement starts at once; at
 `--redis-restart-at` (half a second after the second kill) the broker Redis is restarted without persistence
 (it comes back empty). Then a bounded wait.
@@ -452,7 +452,6 @@ class CelerySide(Side):
 # --- the schedule ----------------------------------------------------------------------------------------------
 
 def run_side(side: Side, args: Any) -> Outcome:
-    say(f"{side.name}: starting {args.workers} workers")
     spawned: dict[int, float] = {}  # id(service) -> when it was started
     ready_after: list[float] = []  # seconds from spawn to "ready." for every worker that got there
 
@@ -466,16 +465,19 @@ def run_side(side: Side, args: Any) -> Outcome:
             ready_after.append(time.time() - spawned.pop(id(service)))
         return id(service) not in spawned
 
+    # Every job is accepted before the workers start, so the kills and the wipe find them busy however slow the
+    # submission is on a loaded machine; the clock (t0) starts when the workers are ready.
+    say(f"{side.name}: submitting {args.jobs} jobs")
+    submitting = time.time()
+    ids = side.submit_all()
+    say(f"{side.name}: submitted in {time.time() - submitting:.1f}s; starting {args.workers} workers")
     for _ in range(args.workers):
         side.workers.append(spawn())
     for worker in side.workers:
         worker.wait_log("ready.", timeout=120)
         is_ready(worker)
-    t0 = time.time()
-    say(f"{side.name}: submitting {args.jobs} jobs")
-    ids = side.submit_all()
-    start = time.time()  # the chaos clock starts once every job is accepted: kills and the wipe hit a full load
-    say(f"{side.name}: submitted in {start - t0:.1f}s; chaos for {args.chaos_seconds:g}s")
+    t0 = start = time.time()
+    say(f"{side.name}: workers ready; chaos for {args.chaos_seconds:g}s")
     kills: list[Kill] = []
     next_kill = start + args.kill_every
     chaos_end = start + args.chaos_seconds
@@ -657,16 +659,16 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4, help="processes per worker")
     ap.add_argument("--kill-every", type=float, default=5.0, help="seconds between kills")
     ap.add_argument("--chaos-seconds", type=float, default=30.0,
-                    help="kills happen during this window after every job was accepted")
+                    help="kills happen during this window after t0 (workers ready)")
     # Half a second after the second kill: that worker's leases are wiped with Redis (the hardest case).
     ap.add_argument("--redis-restart-at", type=float, default=10.5,
-                    help="restart Redis (empty) this many seconds after every job was accepted")
+                    help="restart Redis (empty) at t0 + this")
     ap.add_argument("--lease-seconds", type=float, default=None,
                     help="LONGRUN_LEASE_SECONDS for Longrun's side (default: Longrun's default)")
     ap.add_argument("--settle", type=float, default=20.0,
                     help="after the chaos window, stop waiting when nothing finished for this long")
     ap.add_argument("--timeout", type=float, default=150.0,
-                    help="hard limit per side, seconds after every job was accepted")
+                    help="hard limit per side, seconds after t0")
     ap.add_argument("--evidence", type=int, default=15, help="lines of evidence to print per side")
     ap.add_argument("--gateway", action=argparse.BooleanOptionalAction, default=True,
                     help="run a gateway next to Longrun's workers, as deployed (its reaper is never killed)")
