@@ -177,3 +177,22 @@ def test_job_whose_lease_redis_lost_with_its_worker_is_requeued_well_within_a_le
     assert took < settings.lease_seconds * 0.8, f"requeued after {took:.1f}s"
     still = job_store.get(alive.id)
     assert still is not None and (still.status, still.attempt) == (JobStatus.RUNNING.value, 1)
+
+
+def test_requeue_after_redis_lost_a_job_whose_sql_seq_is_still_zero_numbers_past_what_clients_saw(
+    job_store: JobStore, settings: Settings
+) -> None:
+    """SQL records a job's seq only now and then: a job killed early in its first attempt may still have seq 0
+    there while clients saw seq 1 (queued) and 2, 3 (running). Redis then loses it; the reaper's `retrying` event
+    must not start over at 1, or every client that saw 2 and 3 drops it."""
+    job = submit(job_store, "demo.steps", {"steps": 2})
+    assert job_store.begin_attempt(job.id, 1, "gone@host")
+    for i in range(2):
+        job_store.publisher.publish(job_store.redis, EventSpec(job.id, "progress", JobStatus.RUNNING, 1,
+                                                               progress=Progress(current=i)))
+    assert (job_store.get(job.id) or job).seq == 0
+    job_store.redis.delete(job_store.keys.job(job.id), job_store.keys.stream(job.id))
+    job_store.redis.zadd(job_store.keys.leases(), {job.id: time.time() - 1})
+    Maintenance(job_store, settings).reap_expired_leases()
+    assert (job_store.get(job.id) or job).status == JobStatus.RETRYING.value
+    assert int(job_store.redis.hget(job_store.keys.job(job.id), "seq") or 0) > 3

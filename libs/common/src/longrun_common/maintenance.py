@@ -132,10 +132,13 @@ class Maintenance:
         attempt_started = self._attempt_started(job)
         timed_out = bool(job.time_limit and attempt_started
                          and time.time() >= attempt_started.timestamp() + job.time_limit)
+        # A running job has published (queued, running) even when SQL's throttled seq is still 0: after Redis lost
+        # its hash, this event must still number past every seq a client saw, or clients drop it.
+        floor = sql_floor(max(job.seq, 1))
         if job.cancel_requested_at is not None:
             error = JobError(type="cancelled", message="cancelled; its worker stopped")
             if self.store.finish_if(job.id, job.attempt, JobStatus.CANCELLED, only_from=(JobStatus.RUNNING,),
-                                    error=error):
+                                    error=error, seq_floor=floor):
                 self._tell_lost(job, error, retried=False)
             return
         if timed_out:
@@ -146,12 +149,12 @@ class Maintenance:
         if policy.retries(error.type) and job.attempt < job.max_attempts:
             error.retryable = True
             log.warning("job %s attempt %s: %s; requeueing", job.id, job.attempt, error.message)
-            if self.store.schedule_retry(job.id, job.attempt, error, 0.0, send=True, seq_floor=sql_floor(job.seq)):
+            if self.store.schedule_retry(job.id, job.attempt, error, 0.0, send=True, seq_floor=floor):
                 self._tell_lost(job, error, retried=True)
         else:
             log.warning("job %s attempt %s: %s; no attempts left", job.id, job.attempt, error.message)
             if self.store.finish_if(job.id, job.attempt, JobStatus.FAILED, only_from=(JobStatus.RUNNING,),
-                                    error=error, dead_letter=True):
+                                    error=error, dead_letter=True, seq_floor=floor):
                 self._tell_lost(job, error, retried=False)
 
     def _tell_lost(self, job: Job, error: JobError, *, retried: bool) -> None:
