@@ -7,6 +7,7 @@ These run on PostgreSQL, the production database.
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -173,23 +174,36 @@ def test_job_of_a_worker_killed_just_before_redis_lost_everything_runs_again_wit
 
 
 def test_short_job_does_not_wait_behind_a_long_one(services: ServiceFactory, job_store: JobStore) -> None:
-    """Prefetch 1, late acks and fair scheduling: a worker with two processes, a long job then short ones
-    submitted right behind it. Each short job starts at once on the free process; none is reserved by (or
-    queued in the pipe of) the process busy with the long job."""
+    """Prefetch 1, late acks, fair scheduling and max tasks per child: a worker with two processes, a long job
+    then short ones submitted right behind it. Each short job starts at once on the free process; none is
+    reserved by (or queued in the pipe of) the process busy with the long job. With
+    LONGRUN_WORKER_MAX_TASKS_PER_CHILD=1 every short job runs in a process of its own (the setting is in effect),
+    and still none waits for the long one: replacing a pool process hands no work to the busy one."""
     store = job_store
-    services("worker", "--concurrency", "2")
-    long = submit(store, "demo.steps", {"steps": 300, "delay": 0.1})
+    worker = services("worker", "--concurrency", "2", env={"LONGRUN_WORKER_MAX_TASKS_PER_CHILD": "1"})
+    # 60 s, cancelled once the short ones are done: a short job that waited behind it would wait at least that
+    # long, far over the bound below, which leaves room for a loaded host forking a fresh process per job.
+    long = submit(store, "demo.steps", {"steps": 600, "delay": 0.1})
     shorts = [submit(store, "demo.steps", {"steps": 2, "delay": 0.1}) for _ in range(4)]
-    done = wait_for(store, [s.id for s in shorts], timeout=20)
+    done = wait_for(store, [s.id for s in shorts], timeout=50)
     assert [j.status for j in done] == ["succeeded"] * len(shorts)
     still = store.get(long.id)
     assert still is not None and still.status == "running", "the long job should still be running"
     for short in shorts:
         accepted = short.created_at if short.created_at.tzinfo else short.created_at.replace(tzinfo=UTC)
         waited = _started_at(store, short.id, 1) - accepted.timestamp()
-        assert waited < 10.0, f"a short job started {waited:.1f}s after it was accepted"
+        assert waited < 30.0, f"a short job started {waited:.1f}s after it was accepted"
+    processes = {short.id: _pool_process(worker, short.id) for short in shorts}
+    assert len(set(processes.values())) == len(processes), f"a pool process ran two jobs: {processes}"
     store.request_cancel(long.id)
     wait_for(store, [long.id], timeout=30)
+
+
+def _pool_process(worker: Service, job_id: str) -> str:
+    """The pool process (ForkPoolWorker-N) that ran the job's first attempt, from its log line on success."""
+    found = re.findall(rf"/(ForkPoolWorker-\d+)\].*job_id={job_id} attempt=1", worker.logs())
+    assert found, f"no log line of a pool process for job {job_id}"
+    return str(found[0])
 
 
 def test_busy_worker_holds_no_message_another_worker_could_run(
