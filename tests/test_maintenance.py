@@ -147,3 +147,52 @@ def test_seq_never_repeats_after_redis_lost_a_running_job(job_store: JobStore, s
     job_store.redis.zadd(job_store.keys.leases(), {job.id: time.time() - 1})  # ...and the worker died
     Maintenance(job_store, settings).reap_expired_leases()
     assert int(job_store.redis.hget(job_store.keys.job(job.id), "seq") or 0) > seen
+
+
+def test_job_whose_lease_redis_lost_with_its_worker_is_requeued_well_within_a_lease(
+    job_store: JobStore, settings: Settings
+) -> None:
+    """A worker killed -9 just before Redis restarted empty: its job is running in SQL and has no lease. The
+    reconciler gives it one heartbeat interval plus a reconnect margin, not a whole lease (the default 10 s),
+    so it runs again within about a lease of the kill; a job whose worker is alive renews its lease and stays."""
+    settings = settings.model_copy(update={"lease_seconds": 10.0, "reaper_interval": 1.0})
+    dead, alive = (submit(job_store, "demo.steps", {"steps": 2}) for _ in range(2))
+    assert job_store.begin_attempt(dead.id, 1, "gone@host")
+    assert job_store.begin_attempt(alive.id, 1, "alive@host")
+    keys = job_store.keys
+    job_store.redis.delete(keys.leases(), *(key(job.id) for job in (dead, alive) for key in (keys.job, keys.stream)))
+    maintenance = Maintenance(job_store, settings)
+    started = time.monotonic()
+    maintenance.reconcile()
+    deadline = started + settings.lease_seconds
+    while (current := job_store.get(dead.id)) is not None and current.attempt < 2:
+        assert time.monotonic() < deadline, "the job of the dead worker waited a whole lease"
+        # The live worker's heartbeat (every lease / 3) re-adds its lease.
+        job_store.publisher.heartbeat(job_store.redis, alive.id, 1, time.time() + settings.lease_seconds)
+        maintenance.reap_expired_leases()
+        time.sleep(0.2)
+    took = time.monotonic() - started
+    assert current is not None and current.status == JobStatus.RETRYING.value, current
+    assert current.error is not None and current.error["type"] == "lost"
+    assert took < settings.lease_seconds * 0.8, f"requeued after {took:.1f}s"
+    still = job_store.get(alive.id)
+    assert still is not None and (still.status, still.attempt) == (JobStatus.RUNNING.value, 1)
+
+
+def test_requeue_after_redis_lost_a_job_whose_sql_seq_is_still_zero_numbers_past_what_clients_saw(
+    job_store: JobStore, settings: Settings
+) -> None:
+    """SQL records a job's seq only now and then: a job killed early in its first attempt may still have seq 0
+    there while clients saw seq 1 (queued) and 2, 3 (running). Redis then loses it; the reaper's `retrying` event
+    must not start over at 1, or every client that saw 2 and 3 drops it."""
+    job = submit(job_store, "demo.steps", {"steps": 2})
+    assert job_store.begin_attempt(job.id, 1, "gone@host")
+    for i in range(2):
+        job_store.publisher.publish(job_store.redis, EventSpec(job.id, "progress", JobStatus.RUNNING, 1,
+                                                               progress=Progress(current=i)))
+    assert (job_store.get(job.id) or job).seq == 0
+    job_store.redis.delete(job_store.keys.job(job.id), job_store.keys.stream(job.id))
+    job_store.redis.zadd(job_store.keys.leases(), {job.id: time.time() - 1})
+    Maintenance(job_store, settings).reap_expired_leases()
+    assert (job_store.get(job.id) or job).status == JobStatus.RETRYING.value
+    assert int(job_store.redis.hget(job_store.keys.job(job.id), "seq") or 0) > 3

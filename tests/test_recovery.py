@@ -7,8 +7,10 @@ These run on PostgreSQL, the production database.
 
 from __future__ import annotations
 
+import re
 import signal
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -38,6 +40,26 @@ def database_url(postgres_url: str) -> str:
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("TRUNCATE " + ", ".join(TABLES) + " CASCADE")
     return postgres_url
+
+
+@pytest.fixture
+def private_redis(settings: Settings) -> Iterator[tuple[RedisServer, JobStore]]:
+    """A Redis of this test's own, to restart empty, and a job store on it."""
+    private = RedisServer().start()
+    store = make_store(settings.model_copy(update={"redis_url": private.url}))
+    try:
+        yield private, store
+    finally:
+        close_store(store)
+        private.stop()
+
+
+def _kill(worker: Service) -> float:
+    """kill -9 the worker's whole process group; returns when it died (epoch seconds)."""
+    worker.signal_group(signal.SIGKILL)
+    assert worker.process is not None
+    worker.process.wait(10)
+    return datetime.now(UTC).timestamp()
 
 
 def _host(worker: Service) -> str:
@@ -84,10 +106,7 @@ def test_killed_workers_job_runs_again_within_the_lease(services: ServiceFactory
         holder = _running(store, job.id, attempt, timeout=30)
         victim = by_host[holder.worker.split("@")[0]]  # type: ignore[union-attr]
         time.sleep(0.5)  # some progress, and the lease renewed, before the kill
-        victim.signal_group(signal.SIGKILL)
-        assert victim.process is not None
-        victim.process.wait(10)
-        killed_at = datetime.now(UTC).timestamp()
+        killed_at = _kill(victim)
         _running(store, job.id, attempt + 1, timeout=BOUND + 20)
         took.append(_started_at(store, job.id, attempt + 1) - killed_at)
         print(f"kill {attempt}: requeued after {_ended_at(store, job.id, attempt) - killed_at:.2f}s, "
@@ -99,61 +118,92 @@ def test_killed_workers_job_runs_again_within_the_lease(services: ServiceFactory
 
 
 def test_requeued_job_goes_ahead_of_a_backlog_restored_after_redis_lost_it(
-    services: ServiceFactory, settings: Settings
+    services: ServiceFactory, private_redis: tuple[RedisServer, JobStore]
 ) -> None:
     """Redis restarts empty with a backlog queued; the reconciler sends the backlog again. A worker killed after
     that still has its job running again within the lease plus one backlog job: the backlog went back at its own
     priority, so the requeued job (urgent) is next, not behind every restored message."""
-    private = RedisServer().start()
-    store = make_store(settings.model_copy(update={"redis_url": private.url}))
+    private, store = private_redis
     env = {"LONGRUN_REDIS_URL": private.url, **SHORT_LEASE}
-    try:
-        doomed = services("worker", "--concurrency", "1", env=env)
-        job = submit(store, "demo.steps", {"steps": 400, "delay": 0.1})
-        _running(store, job.id, 1, timeout=30)
-        backlog = [submit(store, "demo.steps", {"steps": 10, "delay": 0.1}).id for _ in range(20)]  # 1 s each
-        services("worker", "--concurrency", "1", env=env)  # works through the backlog
-        private.restart()  # no persistence: the queue, the leases and the job hashes are gone
-        deadline = time.monotonic() + 30
-        while len(queued_messages(store.redis, store.keys.prefix)) < 8:
-            assert time.monotonic() < deadline, "the reconciler never sent the backlog again"
-            time.sleep(0.05)
-        doomed.signal_group(signal.SIGKILL)
-        assert doomed.process is not None
-        doomed.process.wait(10)
-        killed_at = datetime.now(UTC).timestamp()
-        _running(store, job.id, 2, timeout=60)
-        took = _started_at(store, job.id, 2) - killed_at
-        waiting = len(queued_messages(store.redis, store.keys.prefix))
-        print(f"running again after {took:.2f}s; {waiting} backlog messages still queued")
-        assert took <= BOUND + 1.0, f"kill -> running again took {took:.1f}s (bound {BOUND} s + one 1 s job)"
-        assert waiting > 0  # the backlog was still there: the job went ahead of it
-        store.request_cancel(job.id)
-        done = wait_for(store, [job.id, *backlog], timeout=90)
-        assert [j.status for j in done] == ["cancelled"] + ["succeeded"] * len(backlog)
-    finally:
-        close_store(store)
-        private.stop()
+    doomed = services("worker", "--concurrency", "1", env=env)
+    job = submit(store, "demo.steps", {"steps": 400, "delay": 0.1})
+    _running(store, job.id, 1, timeout=30)
+    backlog = [submit(store, "demo.steps", {"steps": 10, "delay": 0.1}).id for _ in range(20)]  # 1 s each
+    services("worker", "--concurrency", "1", env=env)  # works through the backlog
+    private.restart()  # no persistence: the queue, the leases and the job hashes are gone
+    deadline = time.monotonic() + 30
+    while len(queued_messages(store.redis, store.keys.prefix)) < 8:
+        assert time.monotonic() < deadline, "the reconciler never sent the backlog again"
+        time.sleep(0.05)
+    killed_at = _kill(doomed)
+    _running(store, job.id, 2, timeout=60)
+    took = _started_at(store, job.id, 2) - killed_at
+    waiting = len(queued_messages(store.redis, store.keys.prefix))
+    print(f"running again after {took:.2f}s; {waiting} backlog messages still queued")
+    assert took <= BOUND + 1.0, f"kill -> running again took {took:.1f}s (bound {BOUND} s + one 1 s job)"
+    assert waiting > 0  # the backlog was still there: the job went ahead of it
+    store.request_cancel(job.id)
+    done = wait_for(store, [job.id, *backlog], timeout=90)
+    assert [j.status for j in done] == ["cancelled"] + ["succeeded"] * len(backlog)
+
+
+def test_job_of_a_worker_killed_just_before_redis_lost_everything_runs_again_within_the_lease(
+    services: ServiceFactory, private_redis: tuple[RedisServer, JobStore]
+) -> None:
+    """Default lease (10 s). A worker is killed -9, then Redis restarts empty, its lease gone with everything else.
+    The reconciler finds the job running in SQL with no lease and gives its worker one heartbeat interval to renew
+    it, not a whole lease: the job runs again on the other worker within lease + 3 s of the kill."""
+    private, store = private_redis
+    lease = Settings().lease_seconds
+    env = {"LONGRUN_REDIS_URL": private.url}
+    doomed = services("worker", "--concurrency", "1", env=env)
+    job = submit(store, "demo.steps", {"steps": 600, "delay": 0.1})
+    _running(store, job.id, 1, timeout=30)
+    services("worker", "--concurrency", "1", env=env)
+    time.sleep(0.5)  # some progress, and the lease renewed, before the kill
+    killed_at = _kill(doomed)
+    time.sleep(2.0)  # a whole lease granted after the wipe would make it kill + 2 s + 10 s at least
+    private.restart()  # no persistence: the lease, the job's hash and the maintenance lock are gone
+    _running(store, job.id, 2, timeout=lease + 30)
+    took = _started_at(store, job.id, 2) - killed_at
+    print(f"kill -> running again after {took:.2f}s (requeued after {_ended_at(store, job.id, 1) - killed_at:.2f}s)")
+    assert took <= lease + 3.0, f"kill -> running again took {took:.1f}s; bound {lease + 3.0:g} s"
+    store.request_cancel(job.id)
+    (done,) = wait_for(store, [job.id], timeout=30)
+    assert done.status == "cancelled"
 
 
 def test_short_job_does_not_wait_behind_a_long_one(services: ServiceFactory, job_store: JobStore) -> None:
-    """Prefetch 1, late acks and fair scheduling: a worker with two processes, a long job then short ones
-    submitted right behind it. Each short job starts at once on the free process; none is reserved by (or
-    queued in the pipe of) the process busy with the long job."""
+    """Prefetch 1, late acks, fair scheduling and max tasks per child: a worker with two processes, a long job
+    then short ones submitted right behind it. Each short job starts at once on the free process; none is
+    reserved by (or queued in the pipe of) the process busy with the long job. With
+    LONGRUN_WORKER_MAX_TASKS_PER_CHILD=1 every short job runs in a process of its own (the setting is in effect),
+    and still none waits for the long one: replacing a pool process hands no work to the busy one."""
     store = job_store
-    services("worker", "--concurrency", "2")
-    long = submit(store, "demo.steps", {"steps": 300, "delay": 0.1})
+    worker = services("worker", "--concurrency", "2", env={"LONGRUN_WORKER_MAX_TASKS_PER_CHILD": "1"})
+    # 60 s, cancelled once the short ones are done: a short job that waited behind it would wait at least that
+    # long, far over the bound below, which leaves room for a loaded host forking a fresh process per job.
+    long = submit(store, "demo.steps", {"steps": 600, "delay": 0.1})
     shorts = [submit(store, "demo.steps", {"steps": 2, "delay": 0.1}) for _ in range(4)]
-    done = wait_for(store, [s.id for s in shorts], timeout=20)
+    done = wait_for(store, [s.id for s in shorts], timeout=50)
     assert [j.status for j in done] == ["succeeded"] * len(shorts)
     still = store.get(long.id)
     assert still is not None and still.status == "running", "the long job should still be running"
     for short in shorts:
         accepted = short.created_at if short.created_at.tzinfo else short.created_at.replace(tzinfo=UTC)
         waited = _started_at(store, short.id, 1) - accepted.timestamp()
-        assert waited < 10.0, f"a short job started {waited:.1f}s after it was accepted"
+        assert waited < 30.0, f"a short job started {waited:.1f}s after it was accepted"
+    processes = {short.id: _pool_process(worker, short.id) for short in shorts}
+    assert len(set(processes.values())) == len(processes), f"a pool process ran two jobs: {processes}"
     store.request_cancel(long.id)
     wait_for(store, [long.id], timeout=30)
+
+
+def _pool_process(worker: Service, job_id: str) -> str:
+    """The pool process (ForkPoolWorker-N) that ran the job's first attempt, from its log line on success."""
+    found = re.findall(rf"/(ForkPoolWorker-\d+)\].*job_id={job_id} attempt=1", worker.logs())
+    assert found, f"no log line of a pool process for job {job_id}"
+    return str(found[0])
 
 
 def test_busy_worker_holds_no_message_another_worker_could_run(

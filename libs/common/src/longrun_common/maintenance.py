@@ -30,11 +30,12 @@ from .states import TERMINAL, JobStatus
 
 log = logging.getLogger(__name__)
 
+# 1: still the leader; 2: just became it (the lock had lapsed, or Redis lost it with everything else); 0: not.
 _RENEW_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 2 or 0
 """
 
 # Remove a lease only if it is still the expired one we looked at (a live worker may have renewed it).
@@ -59,10 +60,22 @@ class Maintenance:
         self.settings = settings
         self.owner = owner or uuid.uuid4().hex
         self._last_reconcile = 0.0
+        self._next_reap = 0.0  # during a long reconcile pass: when to reap (and renew the lock) again
         # The broker's queues (for the queue-empty check) live on LONGRUN_BROKER_URL when that is its own Redis.
         self.broker = sync_redis(settings.broker_url) if settings.broker_url else store.redis
         self._renew = store.redis.register_script(_RENEW_LOCK)
         self._drop = store.redis.register_script(_DROP_EXPIRED)
+
+    @property
+    def lost_lease_grace(self) -> float:
+        """How long a running job whose lease Redis lost waits for its worker to renew it before it is reaped.
+
+        A live worker re-adds its lease at its next heartbeat (every lease / 3) or progress report; a dead one
+        never does. So one heartbeat interval plus 2 s for the worker's Redis client to reconnect, not a whole
+        lease: the job of a worker killed just before Redis lost its data (the lease wiped with it) then runs
+        again within about a lease of the kill, as any other killed worker's job does."""
+        lease = self.settings.lease_seconds
+        return min(lease, lease / 3 + 2.0)
 
     def start(self) -> threading.Event:
         """Run in a daemon thread until the returned event is set."""
@@ -77,19 +90,23 @@ class Maintenance:
             except Exception:  # Redis or SQL down: try again next tick
                 log.warning("maintenance tick failed", exc_info=True)
 
-    def is_leader(self) -> bool:
+    def _lead(self) -> int:
+        """Take or keep the leader lock: 0 not the leader, 1 still the leader, 2 just became it."""
         # A dead leader's lock must lapse within one lease: a worker killed -9 is often the leader, and its
         # jobs' leases expire after `lease_seconds`; a longer lock would hold their requeue back past that.
         interval = self.settings.reaper_interval
         ttl_ms = int(max(interval * 2, min(max(3.0, interval * 5), self.settings.lease_seconds)) * 1000)
-        return bool(self._renew(keys=[self.store.keys.lock("maintenance")], args=[self.owner, ttl_ms]))
+        return int(self._renew(keys=[self.store.keys.lock("maintenance")], args=[self.owner, ttl_ms]))
 
     def tick(self) -> None:
-        if not self.is_leader():
+        lead = self._lead()
+        if not lead:
             return
         self.reap_expired_leases()
         self.force_cancels()
-        if time.monotonic() - self._last_reconcile >= max(2.0, self.settings.reaper_interval * 3):
+        # A new leader reconciles at once: the lock is new after Redis lost every key (leases included), and the
+        # short lease a lost one gets back (lost_lease_grace) should start then, not a reconcile period later.
+        if lead == 2 or time.monotonic() - self._last_reconcile >= max(2.0, self.settings.reaper_interval * 3):
             self._last_reconcile = time.monotonic()
             self.reconcile()
 
@@ -115,10 +132,13 @@ class Maintenance:
         attempt_started = self._attempt_started(job)
         timed_out = bool(job.time_limit and attempt_started
                          and time.time() >= attempt_started.timestamp() + job.time_limit)
+        # A running job has published (queued, running) even when SQL's throttled seq is still 0: after Redis lost
+        # its hash, this event must still number past every seq a client saw, or clients drop it.
+        floor = sql_floor(max(job.seq, 1))
         if job.cancel_requested_at is not None:
             error = JobError(type="cancelled", message="cancelled; its worker stopped")
             if self.store.finish_if(job.id, job.attempt, JobStatus.CANCELLED, only_from=(JobStatus.RUNNING,),
-                                    error=error):
+                                    error=error, seq_floor=floor):
                 self._tell_lost(job, error, retried=False)
             return
         if timed_out:
@@ -129,12 +149,12 @@ class Maintenance:
         if policy.retries(error.type) and job.attempt < job.max_attempts:
             error.retryable = True
             log.warning("job %s attempt %s: %s; requeueing", job.id, job.attempt, error.message)
-            if self.store.schedule_retry(job.id, job.attempt, error, 0.0, send=True, seq_floor=sql_floor(job.seq)):
+            if self.store.schedule_retry(job.id, job.attempt, error, 0.0, send=True, seq_floor=floor):
                 self._tell_lost(job, error, retried=True)
         else:
             log.warning("job %s attempt %s: %s; no attempts left", job.id, job.attempt, error.message)
             if self.store.finish_if(job.id, job.attempt, JobStatus.FAILED, only_from=(JobStatus.RUNNING,),
-                                    error=error, dead_letter=True):
+                                    error=error, dead_letter=True, seq_floor=floor):
                 self._tell_lost(job, error, retried=False)
 
     def _tell_lost(self, job: Job, error: JobError, *, retried: bool) -> None:
@@ -196,16 +216,32 @@ class Maintenance:
         # Running jobs first: restoring a lost lease is one command, and after Redis lost every key the waiting
         # jobs may be hundreds of re-announcements that would hold back the reaping of dead workers' jobs.
         pairs = sorted(zip(jobs, hashes, strict=True), key=lambda pair: pair[0].status != JobStatus.RUNNING.value)
+        self._next_reap = time.monotonic() + self.settings.reaper_interval
         for job, found in pairs:
+            if not self._keep_reaping():
+                return  # another instance leads now; it reconciles from its own reading
             if job.status == JobStatus.RUNNING.value:
                 self._reconcile_running(job, found)
             elif _aware(job.updated_at) < settled_before:
                 self._reconcile_waiting(job, found, queue_empty=job.queue in empty)
 
+    def _keep_reaping(self) -> bool:
+        """Reap expired leases and renew the lock every reaper interval during a reconcile pass; False when the
+        lock went to another instance. After Redis lost every key a pass re-announces every waiting job, which
+        takes tens of seconds on a busy host: the short leases it gave back (lost_lease_grace) expire meanwhile,
+        and their jobs must be requeued then, not when the pass ends."""
+        if time.monotonic() < self._next_reap:
+            return True
+        self._next_reap = time.monotonic() + self.settings.reaper_interval
+        if not self._lead():
+            return False
+        self.reap_expired_leases()
+        return True
+
     def _reconcile_running(self, job: Job, found: _JobHash) -> None:
         redis, keys = self.store.redis, self.store.keys
-        # No lease (Redis lost it): give the worker one lease period to renew it, then the reaper acts.
-        redis.zadd(keys.leases(), {job.id: time.time() + self.settings.lease_seconds}, nx=True)
+        # No lease (Redis lost it): put back a short one that only a live worker renews; then the reaper acts.
+        redis.zadd(keys.leases(), {job.id: time.time() + self.lost_lease_grace}, nx=True)
         if found.tenant is None and found.attempt is not None:
             # The hash was recreated by the worker's next report after a loss: restore who owns it.
             redis.hset(keys.job(job.id), mapping=cast("Mapping[str | bytes, str]", creation_fields(job)))
