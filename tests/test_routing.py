@@ -27,11 +27,15 @@ def routed_store(settings: Settings) -> Iterator[JobStore]:
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_worker_for_reports_runs_only_the_jobs_routed_there(services: ServiceFactory,
                                                               routed_store: JobStore) -> None:
-    services("worker", env={**ROUTED, "LONGRUN_WORKER_QUEUES": "reports"})
     elsewhere = submit(routed_store, "demo.steps", {"steps": 1}, queue="default")
-    routed = submit(routed_store, "demo.steps", {"steps": 3}, queue="reports")
-    (done,) = wait_for(routed_store, [routed.id], timeout=30)
-    assert done.status == "succeeded" and done.queue == "reports"
+    normal = submit(routed_store, "demo.steps", {"steps": 2}, queue="reports")
+    urgent = submit(routed_store, "demo.steps", {"steps": 2}, queue="reports", priority=9)
+    # Started after the three are waiting, one job at a time: priority decides the order within the queue.
+    services("worker", "--concurrency=1", env={**ROUTED, "LONGRUN_WORKER_QUEUES": "reports"})
+    done = {job.id: job for job in wait_for(routed_store, [normal.id, urgent.id], timeout=30)}
+    assert {job.status for job in done.values()} == {"succeeded"}
+    assert {job.queue for job in done.values()} == {"reports"}
+    assert done[urgent.id].started_at < done[normal.id].started_at  # type: ignore[operator]
     # Submitted first, on a queue this worker does not consume: still waiting.
     assert routed_store.get(elsewhere.id).status == "queued"  # type: ignore[union-attr]
 
