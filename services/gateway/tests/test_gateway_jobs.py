@@ -99,12 +99,13 @@ async def test_get_overlays_live_progress(
             "progress",
             JobStatus.RUNNING,
             1,
-            progress=Progress(percent=40, current=2, total=5, message="two"),
+            progress=Progress(percent=40, current=2, total=5, message="two", meta={"file": "a.csv", "n": [1]}),
         ),
     )
     view = (await client.get(f"/v1/jobs/{job['id']}", headers=DEV)).json()
     assert view["status"] == "running" and view["seq"] == 2
-    assert view["progress"] == {"percent": 40, "current": 2, "total": 5, "message": "two"}
+    assert view["progress"] == {"percent": 40, "current": 2, "total": 5, "message": "two",
+                                "meta": {"file": "a.csv", "n": [1]}}
     assert view["stream"]["ws_url"].endswith(job["id"])
 
 
