@@ -26,6 +26,9 @@ RUN := $(UV) run --no-sync
 
 # Extra arguments for `make worker` (e.g. ARGS="--concurrency=4") and for pytest in `make test`.
 ARGS ?=
+# `make worker QUEUES=reports,default`: the queues that worker consumes (LONGRUN_WORKER_QUEUES; each must be in
+# LONGRUN_QUEUES). Empty: every queue of LONGRUN_QUEUES.
+QUEUES ?=
 PYTEST_ARGS ?=
 
 MYPY_TARGETS := libs/common/src $(wildcard services/*/src) tests/chart tests/k8s tests/rehearsal
@@ -51,8 +54,8 @@ gateway: install redis ## run only the gateway (REST API on LONGRUN_GATEWAY_PORT
 hub: install redis ## run only the progress hub (WebSocket/SSE on LONGRUN_HUB_PORT, default 8001)
 	$(RUN) python scripts/stack.py hub
 
-worker: install redis ## run one more worker (ARGS="--concurrency=4 ..." go to Celery); joins a running stack
-	$(RUN) python scripts/stack.py worker -- $(ARGS)
+worker: install redis ## run one more worker (QUEUES=reports,default; ARGS="--concurrency=4 ..." go to Celery)
+	$(RUN) python scripts/stack.py worker $(if $(QUEUES),--queues $(QUEUES)) -- $(ARGS)
 
 flower: install redis ## run Flower (FLOWER_PORT, default 5555) for the configured Redis
 	$(RUN) python scripts/stack.py flower

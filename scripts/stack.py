@@ -3,6 +3,7 @@
     python scripts/stack.py                  # gateway, hub, one worker and Flower (`make up`)
     python scripts/stack.py hub              # one service (`make gateway|hub|worker|flower`)
     python scripts/stack.py worker -- -c 4   # after `--`: options for the Celery worker
+    python scripts/stack.py worker --queues reports,default   # a worker for some queues (`make worker QUEUES=…`)
 
 It migrates the database, starts the services (each in its own session, so a Ctrl-C reaches them only through
 this supervisor), prints where each listens once it answers, and on Ctrl-C / SIGTERM / SIGHUP stops them all:
@@ -84,8 +85,9 @@ def plans(settings: Settings, worker_args: list[str]) -> dict[str, Plan]:
                     bind=settings.bind_host, note="WebSocket + SSE progress"),
         "worker": Plan("worker", worker_argv,
                        ready_line=" ready.",
+                       env={"LONGRUN_WORKER_QUEUES": ",".join(settings.consumed_queues)},
                        note=f"{'' if named else hostname.replace('%h', socket.gethostname()) + ' '}"
-                            "(Celery; add more with `make worker`)"),
+                            f"(Celery, queues {','.join(settings.consumed_queues)}; add more with `make worker`)"),
         "flower": Plan("flower", [py, "-m", "celery", "-A", FLOWER_APP, "flower",
                                   f"--address={settings.bind_host}", f"--port={flower_port()}"],
                        flower, "/healthcheck", port=flower_port(), bind=settings.bind_host, env=flower_env,
@@ -285,7 +287,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--grace", type=float, default=None,
                         help="seconds to let services stop before SIGKILL (default: LONGRUN_DRAIN_SECONDS + 10, "
                              "so a worker can finish its running jobs)")
+    parser.add_argument("--queues", default=None, metavar="Q1,Q2",
+                        help="queues the worker consumes (LONGRUN_WORKER_QUEUES; default: every queue of "
+                             "LONGRUN_QUEUES)")
     args = parser.parse_args(argv)
+    if args.queues is not None:
+        os.environ["LONGRUN_WORKER_QUEUES"] = args.queues  # Settings() below checks them against LONGRUN_QUEUES
     unknown = sorted(set(args.services) - set(ORDER))
     if unknown:
         parser.error(f"unknown service(s) {', '.join(unknown)}; choose from {', '.join(ORDER)}")

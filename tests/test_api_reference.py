@@ -22,3 +22,13 @@ def test_every_openapi_operation_is_in_the_reference() -> None:
     assert operations - documented == set(), "routes missing from docs/API.md"
     gateway_routes = {(m, p) for m, p in documented if not p.endswith("/events")}  # SSE is the hub's
     assert gateway_routes - operations == set(), "docs/API.md names routes the gateway does not have"
+
+
+@pytest.mark.unit
+def test_every_setting_is_in_the_reference() -> None:
+    """docs/API.md's Settings table names every LONGRUN_* setting, and only those (the README's tables are
+    checked by tests/test_commands.py)."""
+    names = {f"LONGRUN_{name.upper()}" for name in Settings.model_fields}
+    documented = set(re.findall(r"^\| `(LONGRUN_[A-Z0-9_]+)` \|", API_MD.read_text(), re.MULTILINE))
+    assert names - documented == set(), "settings missing from docs/API.md"
+    assert documented - names == set(), "docs/API.md documents settings that do not exist"

@@ -177,6 +177,19 @@ def test_makefile_has_every_documented_target() -> None:
     assert (ROOT / ".ci" / "run").stat().st_mode & 0o111, ".ci/run must be executable"
 
 
+@pytest.mark.e2e
+def test_make_worker_queues_reach_the_worker(tmp_path: Path) -> None:
+    """`make worker QUEUES=…` hands the queues to stack.py, which checks them against LONGRUN_QUEUES."""
+    done = subprocess.run(["make", "-n", "worker", "QUEUES=reports,default"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30, check=False)
+    assert "scripts/stack.py worker --queues reports,default --" in done.stdout, done.stdout
+    env = {**os.environ, "LONGRUN_QUEUES": "default,high", "LONGRUN_DATABASE_URL": f"sqlite:///{tmp_path}/x.db"}
+    refused = subprocess.run([sys.executable, str(STACK), "worker", "--queues", "reports"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert refused.returncode == 2
+    assert "LONGRUN_WORKER_QUEUES names 'reports', not in LONGRUN_QUEUES (default, high)" in refused.stderr
+
+
 @pytest.mark.unit
 def test_readme_documents_every_setting() -> None:
     """Every LONGRUN_* setting is in the README's configuration tables (a new one must be documented)."""

@@ -11,7 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
+from longrun_common.jobs import JobStore
 from tests.support.fixtures import ServiceFactory
+from tests.support.jobs import events
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +46,7 @@ def submit(http: httpx.Client, task: str, args: dict[str, Any]) -> dict[str, Any
     return dict(response.json())
 
 
-def test_every_builtin_task_through_the_gateway(services: ServiceFactory) -> None:
+def test_every_builtin_task_through_the_gateway(services: ServiceFactory, job_store: JobStore) -> None:
     services("worker", "--concurrency", "2")  # registers the catalog before the gateway is asked
     gateway = services("gateway")
     with httpx.Client(base_url=gateway.url, timeout=30) as http:
@@ -73,6 +75,13 @@ def test_every_builtin_task_through_the_gateway(services: ServiceFactory) -> Non
             jobs[task] = final
 
         assert jobs["demo.steps"]["result"]["steps_run"] == 20
+        # The task's free-form progress meta: in its events, the job view while running and at the end, and SQL.
+        steps_id = jobs["demo.steps"]["id"]
+        meta = {"attempt": 1, "resumed_from": 0}
+        assert jobs["demo.steps"]["progress"]["meta"] == meta
+        progress_events = [e for e in events(job_store, steps_id) if e["type"] == "progress"]
+        assert progress_events and all(e["progress"]["meta"] == meta for e in progress_events[1:])
+        assert job_store.get(steps_id).progress["meta"] == meta  # type: ignore[union-attr]
         assert jobs["files.checksum"]["result"]["sha256"] == stored["sha256"]
         profile = jobs["csv.profile"]["result"]
         assert profile["rows"] == 3000

@@ -49,6 +49,9 @@ def test_every_builtin_task_end_to_end(services: ServiceFactory, settings: Setti
 
     assert done[steps.id].status == "succeeded" and done[steps.id].attempt == 2, done[steps.id].error
     assert done[steps.id].result["resumed_from"] == 15
+    # demo.steps' progress meta: the retry's (attempt 2, resumed at 15) in its last events and in SQL.
+    assert done[steps.id].progress["meta"] == {"attempt": 2, "resumed_from": 15}
+    assert events(store, steps.id)[-1]["progress"]["meta"] == {"attempt": 2, "resumed_from": 15}
     assert done[checksum.id].result["sha256"] == blob.sha256
     assert done[profile.id].result["rows"] == 2000
     for job_id in done:

@@ -126,6 +126,21 @@ def test_commands_are_exec_form_without_a_shell(ci_renders: dict[str, list[Manif
             assert "args" not in container, where  # one list, no image ENTRYPOINT/CMD merging surprises
 
 
+def test_the_configured_queues_are_the_sets_queues(ci_renders: dict[str, list[Manifest]]) -> None:
+    """LONGRUN_QUEUES, the queues the gateway accepts jobs for, is every queue some set consumes, in order."""
+    assert config_value(ci_renders["default-values.yaml"], "LONGRUN_QUEUES") == "default,high,low"
+    assert config_value(ci_renders["worker-sets-values.yaml"], "LONGRUN_QUEUES") == "high,default,low,gpu.render"
+
+
+def test_queues_served_elsewhere_are_accepted_too() -> None:
+    manifests = render_base(set_json={"workers.queuesServedElsewhere": ["reports", "default"]})
+    assert config_value(manifests, "LONGRUN_QUEUES") == "default,high,low,reports"
+    with pytest.raises(HelmError, match="queuesServedElsewhere"):
+        render_base(set_json={"workers.queuesServedElsewhere": ["bad queue"]})
+    with pytest.raises(HelmError, match="additional properties 'queues' not allowed"):
+        render_base(set_values={"config.queues": "x"})  # the chart derives it from the sets
+
+
 def test_worker_command_names_queues_concurrency_and_a_unique_node(ci_renders: dict[str, list[Manifest]]) -> None:
     manifests = ci_renders["worker-sets-values.yaml"]  # key_prefix lr
     sets = {s["name"]: s for s in worker_sets("worker-sets-values.yaml")}

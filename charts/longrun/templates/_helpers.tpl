@@ -101,10 +101,21 @@ imagePullPolicy: {{ default $global.pullPolicy $own.pullPolicy }}
 {{- range $key, $value := .Values.config }}
 {{- $_ := set $data (printf "LONGRUN_%s" (upper $key)) (toString $value) }}
 {{- end }}
+{{- $_ := set $data "LONGRUN_QUEUES" (include "longrun.queues" .) }}
 {{- $_ := set $data "LONGRUN_GATEWAY_PORT" (toString .Values.gateway.port) }}
 {{- $_ := set $data "LONGRUN_HUB_PORT" (toString .Values.hub.port) }}
 {{- $_ := set $data "LONGRUN_STORAGE_DIR" .Values.storage.mountPath }}
 {{- toYaml $data }}
+{{- end }}
+
+{{/* LONGRUN_QUEUES: the queues some worker set consumes, then those served outside this release. The gateway
+     refuses a job for any other queue (422), and accepts jobs for these even while KEDA has a set at zero. */}}
+{{- define "longrun.queues" -}}
+{{- $names := list }}
+{{- range .Values.workers.sets }}
+{{- $names = concat $names .queues }}
+{{- end }}
+{{- join "," (uniq (concat $names (.Values.workers.queuesServedElsewhere | default list))) }}
 {{- end }}
 
 {{/* One effective setting by snake_case name: (list $ "drain_seconds" "20"). */}}

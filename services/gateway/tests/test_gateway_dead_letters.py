@@ -1,13 +1,18 @@
-"""Dead letters: list with filters and pages, inspect, requeue one or many, delete; all tenant-scoped."""
+"""Dead letters: list with filters and pages, inspect, requeue one or many, delete one or by filter; all
+tenant-scoped."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 import redis
 from gateway_support import ACME, DEV, error_of, gateway_of, submit
+from sqlmodel import Session, select
 
 from longrun_common.events import JobError
+from longrun_common.models import DeadLetter
 from longrun_common.states import JobStatus
 from tests.support.jobs import queued_messages
 
@@ -130,3 +135,68 @@ async def test_delete(client: httpx.AsyncClient) -> None:
     assert (await letters(client))["items"] == []
     assert (await client.delete(f"/v1/dead-letters/{letter['id']}", headers=DEV)).status_code == 404
     assert (await client.get(f"/v1/jobs/{job_id}", headers=DEV)).json()["status"] == "failed"  # job untouched
+
+
+def _set_failed_at(client: httpx.AsyncClient, job_id: str, when: datetime) -> None:
+    """Backdate a dead letter (the filter's time bounds are what is tested, not the clock)."""
+    with Session(gateway_of(client).engine) as session:
+        letter = session.exec(select(DeadLetter).where(DeadLetter.job_id == job_id)).one()
+        letter.failed_at = when
+        session.add(letter)
+        session.commit()
+
+
+async def test_delete_by_filter(client: httpx.AsyncClient) -> None:
+    old = await fail(client, "ValueError")
+    mid = await fail(client, "ValueError")
+    new = await fail(client, "ValueError")
+    other = await fail(client, "TimeoutError")
+    foreign = await fail(client, "ValueError", headers=ACME)
+    for job_id, day in ((old, 1), (mid, 2), (new, 3), (other, 2), (foreign, 2)):
+        _set_failed_at(client, job_id, datetime(2026, 1, day, 12, tzinfo=UTC))
+    window = "since=2026-01-02T00:00:00Z&until=2026-01-03T00:00:00%2B00:00"
+    listed = await letters(client, f"?{window}&error_type=ValueError")
+    assert [i["job_id"] for i in listed["items"]] == [mid]  # type: ignore[union-attr,index]
+
+    response = await client.delete(f"/v1/dead-letters?task=demo.steps&error_type=ValueError&{window}", headers=DEV)
+    assert response.status_code == 200 and response.json() == {"deleted": 1}
+    remaining = {i["job_id"] for i in (await letters(client))["items"]}  # type: ignore[union-attr,index]
+    assert remaining == {old, new, other}
+    assert {i["job_id"] for i in (await letters(client, headers=ACME))["items"]} == {foreign}  # type: ignore
+
+    bounded = await client.delete("/v1/dead-letters?error_type=ValueError&limit=1", headers=DEV)
+    assert bounded.json() == {"deleted": 1}  # the oldest
+    remaining = {i["job_id"] for i in (await letters(client))["items"]}  # type: ignore[union-attr,index]
+    assert remaining == {new, other}
+    # Empty values mean "no filter"; the job itself stays failed.
+    everything = await client.delete("/v1/dead-letters?task=&error_type=&since=&until=", headers=DEV)
+    assert everything.json() == {"deleted": 2} and (await letters(client))["items"] == []
+    assert (await client.get(f"/v1/jobs/{new}", headers=DEV)).json()["status"] == "failed"
+    assert (await client.delete("/v1/dead-letters", headers=DEV)).json() == {"deleted": 0}
+    assert {i["job_id"] for i in (await letters(client, headers=ACME))["items"]} == {foreign}  # type: ignore
+
+
+async def test_requeue_by_time_window(client: httpx.AsyncClient) -> None:
+    old = await fail(client)
+    new = await fail(client)
+    _set_failed_at(client, old, datetime(2026, 1, 1, tzinfo=UTC))
+    _set_failed_at(client, new, datetime(2026, 1, 5, tzinfo=UTC))
+    response = await client.post("/v1/dead-letters/requeue", json={"until": "2026-01-02T00:00:00"}, headers=DEV)
+    assert response.status_code == 202 and response.json() == {"requeued": [old]}
+    response = await client.post("/v1/dead-letters/requeue", json={"since": "2026-01-04"}, headers=DEV)
+    assert response.json() == {"requeued": [new]}
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("since=yesterday", "since: must be an ISO 8601 time, e.g. 2026-01-31T12:00:00Z"),
+    ("since=2026-01-02&until=2026-01-01", "until: must be after since (2026-01-02T00:00:00+00:00)"),
+    ("limit=501", "limit: Input should be less than or equal to 500"),
+    ("limit=0", "limit: Input should be greater than or equal to 1"),
+])
+async def test_delete_by_filter_validates(lite_client: httpx.AsyncClient, query: str, message: str) -> None:
+    response = await lite_client.delete(f"/v1/dead-letters?{query}", headers=DEV)
+    assert response.status_code == 422 and error_of(response)["message"] == message
+    body = dict(part.split("=") for part in query.split("&"))
+    if "limit" not in body:  # the requeue body takes the same filter and says the same
+        response = await lite_client.post("/v1/dead-letters/requeue", json=body, headers=DEV)
+        assert response.status_code == 422 and error_of(response)["message"] == message

@@ -99,12 +99,13 @@ async def test_get_overlays_live_progress(
             "progress",
             JobStatus.RUNNING,
             1,
-            progress=Progress(percent=40, current=2, total=5, message="two"),
+            progress=Progress(percent=40, current=2, total=5, message="two", meta={"file": "a.csv", "n": [1]}),
         ),
     )
     view = (await client.get(f"/v1/jobs/{job['id']}", headers=DEV)).json()
     assert view["status"] == "running" and view["seq"] == 2
-    assert view["progress"] == {"percent": 40, "current": 2, "total": 5, "message": "two"}
+    assert view["progress"] == {"percent": 40, "current": 2, "total": 5, "message": "two",
+                                "meta": {"file": "a.csv", "n": [1]}}
     assert view["stream"]["ws_url"].endswith(job["id"])
 
 
@@ -137,6 +138,13 @@ async def test_list_filters_by_status(client: httpx.AsyncClient) -> None:
     cancelled = (await client.get("/v1/jobs?status=cancelled", headers=DEV)).json()["items"]
     queued = (await client.get("/v1/jobs?status=queued", headers=DEV)).json()["items"]
     assert [j["id"] for j in cancelled] == [gone["id"]] and [j["id"] for j in queued] == [keep["id"]]
+    # Empty values, as the README's `?status=&task=` or a blank form sends them, mean "no filter".
+    unfiltered = await client.get("/v1/jobs?status=&task=", headers=DEV)
+    assert unfiltered.status_code == 200, unfiltered.text
+    assert {j["id"] for j in unfiltered.json()["items"]} == {keep["id"], gone["id"]}
+    bad = await client.get("/v1/jobs?status=finished", headers=DEV)
+    assert bad.status_code == 422 and error_of(bad)["details"][0]["field"] == "status"
+    assert "succeeded" in error_of(bad)["message"]  # names the statuses it takes
 
 
 async def test_cancel_a_queued_job(client: httpx.AsyncClient) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any
@@ -124,3 +125,31 @@ def test_eta_is_estimated_from_rate() -> None:
     reporter.close()
     assert snap.percent == 50.0
     assert snap.eta_seconds is not None and 0.05 < snap.eta_seconds < 1.0
+
+
+def test_meta_is_published_with_the_progress_and_kept_until_replaced() -> None:
+    rec = Recorder()
+    reporter = make(rec, interval=0.0)
+    meta = {"file": "a.csv", "skipped": 2}
+    reporter.set(current=1, total=4, meta=meta)
+    meta["skipped"] = 99  # a later change to the task's dict is not published behind its back
+    reporter.advance(1)
+    reporter.start(total=10)  # a new phase keeps the meta
+    reporter.close()
+    assert rec.events[-1][1].meta == {"file": "a.csv", "skipped": 2}
+    assert reporter.snapshot(complete=True).model_dump(exclude_none=True)["meta"] == {"file": "a.csv", "skipped": 2}
+
+
+@pytest.mark.parametrize(("meta", "error", "message"), [
+    ({"rows": "x" * 5000}, ValueError, "progress meta is 5011 bytes of JSON; the limit is 4096"),
+    ({"when": object()}, TypeError, "progress meta must be JSON"),
+    ({"ratio": float("nan")}, TypeError, "progress meta must be JSON"),
+    (["not", "a", "dict"], TypeError, "progress meta must be a dict (a JSON object), got list"),
+])
+def test_bad_meta_is_refused_in_the_task_with_a_clear_error(meta: Any, error: type[Exception], message: str) -> None:
+    rec = Recorder()
+    reporter = make(rec, interval=0.0)
+    with pytest.raises(error, match=re.escape(message)):
+        reporter.set(meta=meta)
+    reporter.close()
+    assert all(event[1].meta is None for event in rec.events)

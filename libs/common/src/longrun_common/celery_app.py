@@ -10,8 +10,6 @@ from .redis_clients import CONNECT_TIMEOUT
 from .sentinel import kombu_broker
 from .settings import Settings
 
-QUEUES = ("default", "high", "low")
-
 
 def create_celery(settings: Settings, *, name: str = "longrun") -> Celery:
     """A Celery app on the broker Redis (LONGRUN_BROKER_URL, else LONGRUN_REDIS_URL), every queue and key under
@@ -45,7 +43,9 @@ def create_celery(settings: Settings, *, name: str = "longrun") -> Celery:
         task_serializer="json",
         accept_content=["json"],
         task_default_queue=keys.queue(settings.default_queue),
-        task_queues=[_queue(keys.queue(name)) for name in QUEUES],
+        # Every configured queue (LONGRUN_QUEUES) is declared, so `queue=` routes to any of them; a worker
+        # consumes the subset its -Q names (LONGRUN_WORKER_QUEUES).
+        task_queues=[_queue(keys.queue(name)) for name in settings.queue_names],
         task_send_sent_event=True,
         worker_send_task_events=True,
         worker_hijack_root_logger=False,

@@ -20,6 +20,32 @@ class Progress(BaseModel):
     message: str | None = None
     stage: str | None = None
     eta_seconds: float | None = None
+    # Free-form, task-defined (rows_skipped, current_file, …): checked by the worker's reporter to be a JSON
+    # object of at most PROGRESS_META_MAX_BYTES, so every event, snapshot and SQL row stays small.
+    meta: dict[str, Any] | None = None
+
+
+PROGRESS_META_MAX_BYTES = 4096
+
+
+def check_progress_meta(meta: Any) -> dict[str, Any]:
+    """`meta` as it will be stored: a JSON object of at most PROGRESS_META_MAX_BYTES (compact UTF-8).
+
+    Raises TypeError / ValueError with a message for the task's author (it surfaces in their task).
+    """
+    if not isinstance(meta, dict):
+        raise TypeError(f"progress meta must be a dict (a JSON object), got {type(meta).__name__}")
+    try:
+        text = json.dumps(meta, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"progress meta must be JSON (str keys; str, number, bool, None, list, dict values): "
+                        f"{exc}") from None
+    size = len(text.encode())
+    if size > PROGRESS_META_MAX_BYTES:
+        raise ValueError(f"progress meta is {size} bytes of JSON; the limit is {PROGRESS_META_MAX_BYTES}. Keep it "
+                         "to small counters and names; put large data in the job's result")
+    loaded: dict[str, Any] = json.loads(text)  # a copy: later changes to the caller's dict are not published
+    return loaded
 
 
 class JobError(BaseModel):

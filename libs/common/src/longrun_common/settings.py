@@ -15,6 +15,8 @@ DEV_API_KEYS = "dev:dev-key"
 # Tenant names become folder names (uploads) and key parts, so they are kept plain.
 TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 DEV_TOKEN_SECRET = "longrun-dev-token-secret-change-me-in-production"
+# Queue names become Redis keys, Celery queue names and SQL values (the chart's KEDA query quotes them).
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class Settings(BaseSettings):
@@ -48,6 +50,11 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(24 * 3600 + 600, description="above the longest allowed job")
     worker_max_tasks_per_child: int = 200
     default_queue: str = "default"
+    # Routing: the queues that exist and that some worker set consumes; a job for any other queue is refused
+    # at submit (422), so a queue served by workers this configuration does not start is listed here too.
+    queues: str = Field("default,high,low", description="the queues that exist (tasks declare one; jobs may name "
+                        "another); comma-separated")
+    worker_queues: str = Field("", description="the queues this worker consumes (a subset of queues); empty = all")
     bind_host: str = Field("127.0.0.1", description="address the gateway and hub listen on")
     header_timeout_seconds: float = Field(
         10.0, gt=0, description="gateway and hub: a client's request headers must arrive within this (else 408)"
@@ -100,6 +107,12 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _queues_valid(self) -> Settings:
+        """Malformed or inconsistent queue lists fail at start-up, naming the setting to fix."""
+        _ = self.consumed_queues
+        return self
+
+    @model_validator(mode="after")
     def _api_key_pepper_strength(self) -> Settings:
         # Empty means "derived from the token secret", which production already requires to be strong.
         if self.api_key_pepper and len(self.api_key_pepper) < 32:
@@ -143,6 +156,21 @@ class Settings(BaseSettings):
         return result
 
     @property
+    def queue_names(self) -> tuple[str, ...]:
+        """LONGRUN_QUEUES as a tuple, in the given order, each name checked."""
+        return _queue_list("LONGRUN_QUEUES", self.queues) or _fail("LONGRUN_QUEUES must name at least one queue")
+
+    @property
+    def consumed_queues(self) -> tuple[str, ...]:
+        """The queues a worker started with these settings consumes: LONGRUN_WORKER_QUEUES, else every queue."""
+        chosen = _queue_list("LONGRUN_WORKER_QUEUES", self.worker_queues)
+        unknown = [name for name in chosen if name not in self.queue_names]
+        if unknown:
+            raise ValueError(f"LONGRUN_WORKER_QUEUES names {', '.join(map(repr, unknown))}, not in LONGRUN_QUEUES "
+                             f"({', '.join(self.queue_names)})")
+        return chosen or self.queue_names
+
+    @property
     def celery_broker_url(self) -> str:
         """The broker's Redis: LONGRUN_BROKER_URL, or the event bus's when unset."""
         return self.broker_url or self.redis_url
@@ -155,3 +183,16 @@ class Settings(BaseSettings):
             if url.startswith(plain):
                 return "postgresql+psycopg://" + url[len(plain) :]
         return url
+
+
+def _queue_list(setting: str, value: str) -> tuple[str, ...]:
+    """Comma-separated queue names, blanks and repeats dropped; ValueError naming the setting on a bad name."""
+    names = list(dict.fromkeys(filter(None, (part.strip() for part in value.split(",")))))
+    for name in names:
+        if not QUEUE_NAME.fullmatch(name):
+            raise ValueError(f"{setting}: queue {name!r}: use 1-64 letters, digits, '_', '-' or '.'")
+    return tuple(names)
+
+
+def _fail(message: str) -> tuple[str, ...]:
+    raise ValueError(message)

@@ -14,6 +14,7 @@ from .contract import install_openapi
 from .errors import install_error_handlers
 from .metrics import Metrics
 from .middleware import BodyLimitMiddleware, MetricsMiddleware
+from .openapi_catalog import CatalogDocument
 from .routes import ROUTERS
 from .state import Gateway, State
 
@@ -21,14 +22,17 @@ from .state import Gateway, State
 def create_app(settings: Settings) -> FastAPI:
     """A gateway for `settings`; clients are built by the lifespan, never at import."""
     metrics = Metrics()
+    running: dict[str, Gateway] = {}  # the lifespan's gateway, for the OpenAPI document's catalog reads
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[State]:
         gateway = Gateway.build(settings, metrics)
         await gateway.start()
+        running["gateway"] = gateway
         try:
             yield {"gateway": gateway}
         finally:
+            running.pop("gateway", None)
             await gateway.aclose()
 
     app = FastAPI(
@@ -39,6 +43,9 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install_error_handlers(app)
     install_openapi(app)
+    # The served document types each task's args from the catalog (openapi_catalog.py).
+    catalog_document = CatalogDocument(app.openapi, lambda: running["gateway"].engine if running else None)
+    app.openapi = catalog_document.get  # type: ignore[method-assign]
     # Outermost last: metrics see every response, including a 413 from the body limit.
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

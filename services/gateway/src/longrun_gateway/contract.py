@@ -192,6 +192,10 @@ class Requeued(BaseModel):
     requeued: list[str] = Field(description="ids of the jobs requeued")
 
 
+class Deleted(BaseModel):
+    deleted: int = Field(description="how many dead letters were deleted")
+
+
 class Health(BaseModel):
     status: str
 

@@ -20,7 +20,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from longrun_common.catalog import TaskPolicy
-from longrun_common.celery_app import QUEUES
 from longrun_common.jobs import JobStore
 from longrun_common.models import IdempotencyKey, Job, TaskRecord, utcnow
 from longrun_common.publisher import Published
@@ -96,13 +95,18 @@ def check_idempotency_key(value: str | None) -> str | None:
     return value
 
 
-def check_queue(queue: str | None) -> None:
-    """422 unless the queue is one the workers consume (a job on any other queue would never run)."""
-    if queue is not None and queue not in QUEUES:
-        allowed = list(QUEUES)
-        raise invalid(
-            "queue", f"unknown queue {queue!r}; allowed queues: {', '.join(allowed)}", value=queue, allowed=allowed
-        )
+def check_queue(settings: Settings, queue: str | None, task: str | None = None) -> None:
+    """422 unless the queue is configured (LONGRUN_QUEUES: the queues some worker set consumes), since a job on
+    any other queue would never run. `task` names the task whose declared default queue this is."""
+    allowed = settings.queue_names
+    if queue is None or queue in allowed:
+        return
+    if task is None:
+        message = f"unknown queue {queue!r}; allowed queues: {', '.join(allowed)}"
+    else:
+        message = (f"task {task!r} defaults to queue {queue!r}, which no worker consumes here; "
+                   f"name one of: {', '.join(allowed)}")
+    raise invalid("queue", message, value=queue, allowed=list(allowed))
 
 
 def load_task(session: Session, name: str) -> tuple[TaskRecord, TaskPolicy]:
@@ -240,15 +244,19 @@ def time_limits(
 
 def build_job(gateway: Gateway, tenant: str, request: JobRequest) -> Job:
     """Validate the request against the catalog and build the (unsaved) job row."""
-    check_queue(request.queue)
+    settings = gateway.settings
+    check_queue(settings, request.queue)
     task = gateway.catalog.get(request.task)
     check_args(task, request.args)
     policy = task.policy
-    soft, hard = time_limits(request, policy, gateway.settings.visibility_timeout)
+    soft, hard = time_limits(request, policy, settings.visibility_timeout)
+    queue = request.queue or policy.queue or settings.default_queue  # the job's, else the task's default
+    if request.queue is None:
+        check_queue(settings, queue, task=request.task)
     return Job(
         tenant=tenant,
         task=request.task,
-        queue=request.queue or policy.queue or gateway.settings.default_queue,
+        queue=queue,
         priority=request.priority,
         args=request.args,
         max_attempts=policy.max_attempts,

@@ -40,11 +40,11 @@ def prepare_multiprocess_dir() -> Path:
 def main(argv: list[str]) -> int:
     prepare_multiprocess_dir()
 
-    from longrun_common.celery_app import QUEUES
     from longrun_common.db import ensure_schema
     from longrun_common.keys import Keys
     from longrun_common.settings import Settings
 
+    from .api import REGISTRY
     from .app import create_worker_app
 
     settings = Settings()
@@ -53,7 +53,12 @@ def main(argv: list[str]) -> int:
     keys = Keys(settings.key_prefix)
     options = list(argv)
     if not any(opt.startswith(("-Q", "--queues")) for opt in options):
-        options += ["--queues", ",".join(keys.queue(name) for name in QUEUES)]
+        # LONGRUN_WORKER_QUEUES (`make worker QUEUES=…`), else every queue of LONGRUN_QUEUES.
+        options += ["--queues", ",".join(keys.queue(name) for name in settings.consumed_queues)]
+    unrouted = sorted(name for name, d in REGISTRY.items() if d.policy.queue not in settings.queue_names)
+    if unrouted:
+        log.warning("tasks %s declare a default queue not in LONGRUN_QUEUES (%s): their jobs must name a queue",
+                    ", ".join(unrouted), settings.queues)
     if not any(opt.startswith(("-l", "--loglevel")) for opt in options):
         options += ["--loglevel", "INFO"]
     # Mingle/gossip sync Celery's in-memory revokes between workers; Longrun keeps cancels in SQL and Redis,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel
 
 from longrun_common.catalog import TaskPolicy, TaskSpec
-from longrun_common.celery_app import QUEUES
+from longrun_common.settings import QUEUE_NAME
 
 # The errors live in errors.py (context.py and reporter.py raise them, and this module's types name JobContext);
 # tasks import them from here.
@@ -67,10 +67,13 @@ def task(
     on_cancel: Callable[[JobContext], None] | None = None,
 ) -> Callable[[Callable[[JobContext, ArgsT], Any]], Callable[[JobContext, ArgsT], Any]]:
     """Declare a Longrun task. `retries` is how many times it may run again after a retryable failure;
-    `retry_on` adds exception types that retry besides TransientError, timeouts and lost workers."""
+    `retry_on` adds exception types that retry besides TransientError, timeouts and lost workers. `queue` is the
+    task's default queue (published in the catalog's policy); a job may name another."""
 
-    if queue not in QUEUES:
-        raise ValueError(f"task {name!r}: queue {queue!r} is not one workers consume ({', '.join(QUEUES)})")
+    # Which queues exist is configuration (LONGRUN_QUEUES), read when a job is submitted, not at import:
+    # the gateway refuses a job whose queue is not configured, naming the ones that are.
+    if not QUEUE_NAME.fullmatch(queue):
+        raise ValueError(f"task {name!r}: queue {queue!r}: use 1-64 letters, digits, '_', '-' or '.'")
 
     def register(fn: Callable[[JobContext, ArgsT], Any]) -> Callable[[JobContext, ArgsT], Any]:
         if name in REGISTRY and REGISTRY[name].fn is not fn:

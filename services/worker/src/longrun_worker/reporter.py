@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from longrun_common.events import Progress
+from longrun_common.events import Progress, check_progress_meta
 from longrun_common.publisher import HEARTBEAT_CANCEL, HEARTBEAT_DRAIN, HEARTBEAT_FENCED, Published
 
 from .errors import JobCancelled, JobDrained, JobFenced
@@ -36,6 +36,7 @@ class _State:
     message: str | None = None
     stage: str | None = None
     percent: float | None = None
+    meta: dict[str, Any] | None = None
     started_at: float = field(default_factory=time.monotonic)
     start_value: float = 0.0
 
@@ -70,7 +71,7 @@ class Reporter:
         """Begin (or restart) counting toward `total`; ETA is measured from here."""
         with self._cond:
             self._state = _State(current=current, total=total, message=message, stage=stage,
-                                 start_value=current)
+                                 meta=self._state.meta, start_value=current)
             self._mark_dirty()
         self.raise_if_interrupted()
 
@@ -84,8 +85,10 @@ class Reporter:
         self.raise_if_interrupted()
 
     def set(self, *, current: float | None = None, total: float | None = None, message: str | None = None,
-            stage: str | None = None, percent: float | None = None) -> None:
-        """Set any part of the progress explicitly."""
+            stage: str | None = None, percent: float | None = None, meta: dict[str, Any] | None = None) -> None:
+        """Set any part of the progress explicitly. `meta` (a JSON object of at most 4 KiB) replaces the previous
+        one and travels with every event as `progress.meta`; TypeError / ValueError say what is wrong with it."""
+        checked = check_progress_meta(meta) if meta is not None else None  # in the task's thread: it sees the error
         with self._cond:
             state = self._state
             if current is not None:
@@ -98,6 +101,8 @@ class Reporter:
                 state.stage = stage
             if percent is not None:
                 state.percent = percent
+            if checked is not None:
+                state.meta = checked
             self._mark_dirty()
         self.raise_if_interrupted()
 
@@ -172,6 +177,7 @@ class Reporter:
             message=state.message,
             stage=state.stage,
             eta_seconds=None if eta is None else round(eta, 3),
+            meta=state.meta,
         )
 
     def _run(self) -> None:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import kombu.exceptions
 import redis
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
+from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
 from longrun_common.jobs import JobStore
@@ -19,9 +23,9 @@ from longrun_common.states import IllegalTransition
 from longrun_common.views import iso
 
 from .. import views
-from ..contract import DeadLetterDetail, DeadLetterPage, JobView, Requeued, error_responses, ok
+from ..contract import DeadLetterDetail, DeadLetterPage, Deleted, JobView, Requeued, error_responses, ok
 from ..deps import TEXT_PATTERN, GatewayDep, SessionDep, TenantDep, json_body
-from ..errors import ApiError, not_found
+from ..errors import ApiError, invalid, not_found
 from ..pagination import DEFAULT_LIMIT, MAX_LIMIT, page
 from ..state import Gateway
 
@@ -32,6 +36,21 @@ router = APIRouter(prefix="/v1/dead-letters", tags=["dead letters"])
 MAX_BULK = 500
 
 
+def _timestamp(value: Any) -> Any:
+    """An ISO 8601 string becomes a datetime (in JSON a time can only be a string); other types fail as usual."""
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            # A custom error keeps pydantic's "Value error, " prefix out of the 422 message.
+            raise PydanticCustomError("datetime_from_iso", "must be an ISO 8601 time, e.g. 2026-01-31T12:00:00Z") \
+                from None
+    return value
+
+
+Timestamp = Annotated[datetime, BeforeValidator(_timestamp)]
+
+
 class BulkRequeue(BaseModel):
     """`POST /v1/dead-letters/requeue` body: which dead letters to requeue (oldest first)."""
 
@@ -39,6 +58,8 @@ class BulkRequeue(BaseModel):
 
     task: str | None = Field(None, max_length=128, pattern=TEXT_PATTERN)
     error_type: str | None = Field(None, max_length=255, pattern=TEXT_PATTERN)
+    since: Timestamp | None = Field(None, description="failed at or after this time (ISO 8601; no offset = UTC)")
+    until: Timestamp | None = Field(None, description="failed before this time (ISO 8601; no offset = UTC)")
     limit: int = Field(100, ge=1, le=MAX_BULK)
 
 
@@ -46,13 +67,67 @@ BulkRequeueDep = Annotated[BulkRequeue, Depends(json_body(BulkRequeue, allow_emp
 _BULK_BODY = {"requestBody": {"content": {"application/json": {"schema": BulkRequeue.model_json_schema()}}}}
 
 
-def _filtered(tenant: str, task: str | None, error_type: str | None) -> Any:
-    statement = select(DeadLetter).where(col(DeadLetter.tenant) == tenant)
-    if task:
-        statement = statement.where(col(DeadLetter.task) == task)
-    if error_type:
-        statement = statement.where(col(DeadLetter.error)["type"].as_string() == error_type)
-    return statement
+@dataclass(frozen=True)
+class Filter:
+    """Which of a tenant's dead letters: the one filter of listing, requeue by filter and delete by filter.
+    Empty strings (a blank form field, `?task=`) mean "any"."""
+
+    task: str | None = None
+    error_type: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def statement(self, session: Session, tenant: str) -> Any:
+        statement = select(DeadLetter).where(col(DeadLetter.tenant) == tenant)
+        if self.task:
+            statement = statement.where(col(DeadLetter.task) == self.task)
+        if self.error_type:
+            statement = statement.where(col(DeadLetter.error)["type"].as_string() == self.error_type)
+        if self.since is not None:
+            statement = statement.where(col(DeadLetter.failed_at) >= _sql_time(session, self.since))
+        if self.until is not None:
+            statement = statement.where(col(DeadLetter.failed_at) < _sql_time(session, self.until))
+        return statement
+
+    def oldest(self, session: Session, tenant: str, limit: int) -> Sequence[DeadLetter]:
+        """Up to `limit` matching dead letters, oldest failure first (what the bulk operations act on)."""
+        statement = self.statement(session, tenant).order_by(col(DeadLetter.failed_at), col(DeadLetter.id))
+        return session.exec(statement.limit(limit)).all()  # type: ignore[no-any-return]
+
+
+def _utc(value: datetime) -> datetime:
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+def _sql_time(session: Session, value: datetime) -> datetime:
+    """UTC; naive on SQLite, where the timestamps are stored naive (in UTC)."""
+    value = _utc(value)
+    return value.replace(tzinfo=None) if session.get_bind().dialect.name == "sqlite" else value
+
+
+def _checked(since: datetime | None, until: datetime | None) -> None:
+    if since is not None and until is not None and _utc(since) >= _utc(until):
+        raise invalid("until", f"must be after since ({_utc(since).isoformat()})", value=until.isoformat())
+
+
+def _query_times(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
+    """`?since=&until=` as times; empty means no bound. A 422 names the parameter."""
+    times: list[datetime | None] = []
+    for name, value in (("since", since), ("until", until)):
+        try:
+            times.append(_timestamp(value) if value else None)
+        except ValueError as exc:
+            raise invalid(name, str(exc), value=value) from None
+    _checked(*times)
+    return times[0], times[1]
+
+
+_SINCE = Query(max_length=64, description="failed at or after this time (ISO 8601; no offset = UTC); empty = any",
+               json_schema_extra={"format": "date-time"})
+_UNTIL = Query(max_length=64, description="failed before this time (ISO 8601; no offset = UTC); empty = any",
+               json_schema_extra={"format": "date-time"})
+_TASK = Query(max_length=128, pattern=TEXT_PATTERN, description="task name; empty = any")
+_ERROR_TYPE = Query(max_length=255, pattern=TEXT_PATTERN, description="`error.type`; empty = any")
 
 
 def _items(gateway: Gateway, session: Session, letters: Sequence[DeadLetter]) -> list[dict[str, Any]]:
@@ -94,13 +169,15 @@ def list_dead_letters(
     tenant: TenantDep,
     gateway: GatewayDep,
     session: SessionDep,
-    task: Annotated[str | None, Query(max_length=128, pattern=TEXT_PATTERN)] = None,
-    error_type: Annotated[str | None, Query(max_length=255, pattern=TEXT_PATTERN)] = None,
+    task: Annotated[str | None, _TASK] = None,
+    error_type: Annotated[str | None, _ERROR_TYPE] = None,
+    since: Annotated[str | None, _SINCE] = None,
+    until: Annotated[str | None, _UNTIL] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> dict[str, Any]:
     """The tenant's dead letters, newest failure first."""
-    statement = _filtered(tenant, task, error_type)
+    statement = Filter(task, error_type, *_query_times(since, until)).statement(session, tenant)
     letters, next_cursor = page(session, statement, col(DeadLetter.failed_at), col(DeadLetter.id), limit, cursor)
     return {"items": _items(gateway, session, letters), "next_cursor": next_cursor}
 
@@ -114,9 +191,9 @@ def list_dead_letters(
 )
 def requeue_many(tenant: TenantDep, gateway: GatewayDep, session: SessionDep, body: BulkRequeueDep) -> JSONResponse:
     """Requeue up to `limit` matching dead letters, oldest first: `{"requeued": [job ids]}`."""
-    statement = _filtered(tenant, body.task, body.error_type)
-    statement = statement.order_by(col(DeadLetter.failed_at), col(DeadLetter.id)).limit(body.limit)
-    job_ids = list(dict.fromkeys(letter.job_id for letter in session.exec(statement).all()))
+    _checked(body.since, body.until)
+    matching = Filter(body.task, body.error_type, body.since, body.until).oldest(session, tenant, body.limit)
+    job_ids = list(dict.fromkeys(letter.job_id for letter in matching))
     requeued = []
     for job_id in job_ids:
         try:
@@ -125,6 +202,28 @@ def requeue_many(tenant: TenantDep, gateway: GatewayDep, session: SessionDep, bo
         except IllegalTransition as exc:  # requeued or changed concurrently: skip, report the rest
             log.info("dead letter of job %s not requeued: %s", job_id, exc)
     return JSONResponse({"requeued": requeued}, status_code=202)
+
+
+@router.delete("", response_model=None, responses={**ok(200, Deleted), **error_responses(401, 422, 503)})
+def delete_many(
+    tenant: TenantDep,
+    session: SessionDep,
+    task: Annotated[str | None, _TASK] = None,
+    error_type: Annotated[str | None, _ERROR_TYPE] = None,
+    since: Annotated[str | None, _SINCE] = None,
+    until: Annotated[str | None, _UNTIL] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_BULK, description="delete at most this many, oldest first")] = 100,
+) -> dict[str, Any]:
+    """Forget up to `limit` matching dead letters, oldest failure first (the jobs stay failed): `{"deleted": n}`.
+    Bounded so one request stays short; repeat until `deleted` is 0 to clear a larger set."""
+    matching = Filter(task, error_type, *_query_times(since, until)).oldest(session, tenant, limit)
+    ids = [letter.id for letter in matching]
+    if not ids:
+        return {"deleted": 0}
+    # The tenant again in the DELETE itself: the ids were read in this transaction, but say so anyway.
+    result = session.execute(delete(DeadLetter).where(col(DeadLetter.id).in_(ids), col(DeadLetter.tenant) == tenant))
+    session.commit()
+    return {"deleted": int(result.rowcount)}  # type: ignore[attr-defined]
 
 
 @router.get(

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 DEGRADED_POLL_SECONDS = 1.0
+# A status, or empty for "any": the 422 for anything else names the allowed values (the pattern).
+STATUS_FILTER = f"^({'|'.join(s.value for s in JobStatus)})?$"
 
 JobRequestDep = Annotated[JobRequest, Depends(json_body(JobRequest))]
 _JOB_BODY = {
@@ -109,15 +111,15 @@ def list_jobs(
     tenant: TenantDep,
     gateway: GatewayDep,
     session: SessionDep,
-    status: JobStatus | None = None,
-    task: Annotated[str | None, Query(max_length=128, pattern=TEXT_PATTERN)] = None,
+    status: Annotated[str | None, Query(pattern=STATUS_FILTER, description="one status; empty = any")] = None,
+    task: Annotated[str | None, Query(max_length=128, pattern=TEXT_PATTERN, description="empty = any")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> dict[str, Any]:
     """The tenant's jobs, newest first, cursor-paginated."""
     statement = select(Job).where(col(Job.tenant) == tenant)
-    if status is not None:
-        statement = statement.where(col(Job.status) == status.value)
+    if status:  # `?status=` (empty, as a form or a copied URL sends it) means no filter, not a 422
+        statement = statement.where(col(Job.status) == status)
     if task:
         statement = statement.where(col(Job.task) == task)
     jobs, next_cursor = page(session, statement, col(Job.created_at), col(Job.id), limit, cursor)

@@ -30,6 +30,7 @@ def steps(ctx: JobContext, args: StepsArgs) -> StepsResult:
     """Run `steps` steps of `delay` seconds each, resuming from the last checkpoint after a retry."""
     start = int((ctx.resumed_from or {}).get("next_step", 0))
     ctx.progress.start(total=args.steps, current=start, stage="steps", message=f"step {start}/{args.steps}")
+    ctx.progress.set(meta={"attempt": ctx.attempt, "resumed_from": start})  # free-form, shown as progress.meta
     fail_at = start + (args.steps - start) // 2 if ctx.attempt <= args.fail_times else None
     for step in range(start, args.steps):
         if step == fail_at:
