@@ -130,3 +130,14 @@ async def test_delete(client: httpx.AsyncClient) -> None:
     assert (await letters(client))["items"] == []
     assert (await client.delete(f"/v1/dead-letters/{letter['id']}", headers=DEV)).status_code == 404
     assert (await client.get(f"/v1/jobs/{job_id}", headers=DEV)).json()["status"] == "failed"  # job untouched
+
+
+async def test_list_by_job_id(client: httpx.AsyncClient) -> None:
+    """A job page finds the dead letter of its job (and only the caller's)."""
+    a = await fail(client)
+    await fail(client)
+    assert [i["job_id"] for i in (await letters(client, f"?job_id={a}"))["items"]] == [a]  # type: ignore[index]
+    assert (await letters(client, f"?job_id={a}", headers=ACME))["items"] == []
+    assert (await letters(client, "?job_id=not-a-job"))["items"] == []
+    response = await client.get("/v1/dead-letters?job_id=" + "x" * 65, headers=DEV)
+    assert response.status_code == 422 and "job_id" in error_of(response)["message"]

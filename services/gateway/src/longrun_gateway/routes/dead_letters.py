@@ -96,11 +96,14 @@ def list_dead_letters(
     session: SessionDep,
     task: Annotated[str | None, Query(max_length=128, pattern=TEXT_PATTERN)] = None,
     error_type: Annotated[str | None, Query(max_length=255, pattern=TEXT_PATTERN)] = None,
+    job_id: Annotated[str | None, Query(max_length=64, pattern=TEXT_PATTERN, description="one job's letter")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> dict[str, Any]:
     """The tenant's dead letters, newest failure first."""
     statement = _filtered(tenant, task, error_type)
+    if job_id:  # a job page finds its letter (traceback, attempt history) by the job's id
+        statement = statement.where(col(DeadLetter.job_id) == job_id)
     letters, next_cursor = page(session, statement, col(DeadLetter.failed_at), col(DeadLetter.id), limit, cursor)
     return {"items": _items(gateway, session, letters), "next_cursor": next_cursor}
 
