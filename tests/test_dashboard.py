@@ -113,33 +113,37 @@ async def test_job_list_live_bars_filters_paging_and_search(stack: Stack, browse
     # Load: 50 jobs on 3 worker processes, plus one on a queue no worker takes (it waits).
     load = await stack.batch([{"task": "demo.steps", "args": {"steps": 40, "delay": 0.1}} for _ in range(50)])
     waiting = (await stack.submit({"steps": 1}, queue="low"))["id"]
-    # A job of the first page that is running (a batch shares one creation time: the page orders it by id).
-    await page.wait_for_selector('.job[data-phase="running"]', timeout=30_000)
-    watched = await page.get_attribute('.job[data-phase="running"]', "data-job-id")
-    assert watched is not None and watched in load
+    # The newest job (top of the list), urgent so that it runs next despite the load.
+    watched = (await stack.submit({"steps": 30, "delay": 0.2}, priority=9))["id"]
+    await page.wait_for_selector(row(watched), timeout=15_000)
     seen: set[int] = set()
-    async with asyncio.timeout(60):
+    shot = False
+    async with asyncio.timeout(90):
         while await page.get_attribute(row(watched), "data-status") != "succeeded":
             percent = await page.get_attribute(row(watched), "data-percent")
             if percent is not None:
                 seen.add(int(percent))
+                if 40 <= int(percent) < 90 and not shot:
+                    await screenshot(page, "dashboard-jobs.png")  # under load: bars moving, jobs waiting
+                    shot = True
             await asyncio.sleep(0.05)
     assert len({p for p in seen if 0 < p < 100}) >= 3, f"the bar did not move live: saw {sorted(seen)}"
     assert int(await page.get_attribute(row(watched), "data-frames") or 0) >= 5  # pushed by the hub
     assert await page.get_attribute(row(waiting), "data-phase") == "waiting"
+    assert await page.text_content(f"{row(waiting)} .pct") == "—"
     await page.wait_for_selector("#worker-count", timeout=10_000)
-    await screenshot(page, "dashboard-jobs.png")
+    assert shot and len(load) == 50
 
     # Paging: 25 a page (the newest first), the next page has the next ones, and back.
     first = await shown_ids(page)
-    assert len(first) == 25 and first[0] == waiting
+    assert len(first) == 25 and first[:2] == [watched, waiting]
     await page.click("#older")
     await page.wait_for_function("document.getElementById('count').textContent.startsWith('page 2')")
     second = await shown_ids(page)
     assert len(second) == 25 and not set(first) & set(second)
     await page.click("#newer")
     await page.wait_for_function("document.getElementById('count').textContent.startsWith('page 1')")
-    assert (await shown_ids(page))[0] == waiting
+    assert (await shown_ids(page))[:2] == [watched, waiting]
 
     # Filters: by queue, by status (the select applies at once), by task, by time; each lands in the URL.
     await page.fill("#filters input[name=queue]", "low")

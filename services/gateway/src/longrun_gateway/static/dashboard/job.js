@@ -1,7 +1,7 @@
 // One job: live progress, facts, error with traceback, result, the event timeline replayed from its stream
 // (since=0 over the hub), and — for a workflow — its tree of children with live bars.
 import { api } from "./api.js";
-import { TERMINAL, applyFrame, badge, bar, clock, duration, el, epoch, errorText, jsonBlock, metaChips, notice,
+import { TERMINAL, applyFrame, badge, bar, clock, duration, el, epoch, errorText, jsonBlock, metaChips, notice, put,
   percentOf, phase, timing } from "./ui.js";
 
 const MAX_TIMELINE = 1000; // rows kept on the page; older ones are counted, not drawn
@@ -13,7 +13,7 @@ function facts(job) {
     ["queue", job.queue], ["priority", job.priority], ["attempt", `${job.attempt} of ${job.max_attempts ?? "?"}`],
     ["created", clock(job.created_at)], ["started", clock(job.started_at)], ["finished", clock(job.finished_at)],
     ["run time", started ? duration((finished ?? Date.now() / 1000) - started) : "—"],
-    ["next retry", job.next_retry_at ? clock(job.next_retry_at) : null],
+    ["next retry", job.next_retry_at && !TERMINAL.has(job.status) ? clock(job.next_retry_at) : null],
     ["parent", job.parent_id ? el("a", { href: `#/jobs/${job.parent_id}` }, job.parent_id) : null],
     ["workflow", job.root_id && job.root_id !== job.id ? el("a", { href: `#/jobs/${job.root_id}` }, job.root_id) : null],
     ["seq", job.seq],
@@ -85,29 +85,29 @@ export function jobView(root, ctx, jobId) {
   function render() {
     const p = phase(job);
     document.title = `${job.task} ${job.id.slice(0, 8)} — Longrun`;
-    head.replaceChildren(el("h1", {}, job.task, " ", badge(job)), el("code", { class: "id" }, job.id), actions());
+    put(head, el("h1", {}, job.task, " ", badge(job)), el("code", { class: "id" }, job.id), actions());
     head.dataset.status = job.status;
     head.dataset.phase = p;
     const progress = job.progress || {};
     const counts = progress.total ? `${progress.current ?? 0} / ${progress.total}` : "";
-    progressBox.replaceChildren(el("h2", {}, "Progress"), bar(job, true),
+    put(progressBox, el("h2", {}, "Progress"), bar(job, true),
       el("div", { class: "big-line" }, el("strong", { id: "percent" }, p === "cancelled-queued" ? "never started"
         : `${percentOf(job).toFixed(1)}%`), el("span", {}, counts), el("span", { class: "timing" }, timing(job))),
       el("div", { class: "stage" }, progress.stage ? el("span", { class: "chip" }, progress.stage) : null,
         el("span", { id: "message" }, progress.message || "")),
       metaChips(progress.meta));
-    factsBox.replaceChildren(el("h2", {}, "Job"), facts(job), el("h3", {}, "Arguments"), jsonBlock(job.args ?? {}));
+    put(factsBox, el("h2", {}, "Job"), facts(job), el("h3", {}, "Arguments"), jsonBlock(job.args ?? {}));
     errorBox.hidden = !job.error;
     if (job.error) {
       const trace = letter && letter.traceback;
-      errorBox.replaceChildren(el("h2", {}, job.status === "failed" ? "Failed" : "Last error"),
+      put(errorBox, el("h2", {}, job.status === "failed" ? "Failed" : "Last error"),
         el("p", { class: "error-text", id: "error-message" }, errorText(job.error)),
         job.error.retryable === false ? el("p", { class: "muted" }, "not retryable") : null,
         trace ? el("details", { open: true }, el("summary", {}, "Traceback"), el("pre", { class: "trace" }, trace)) : null,
         letter && letter.history ? historyTable(letter.history) : null);
     }
     resultBox.hidden = job.result === null || job.result === undefined;
-    if (!resultBox.hidden) resultBox.replaceChildren(el("h2", {}, "Result"), jsonBlock(job.result));
+    if (!resultBox.hidden) put(resultBox, el("h2", {}, "Result"), jsonBlock(job.result));
   }
 
   function historyTable(history) {
@@ -160,7 +160,7 @@ export function jobView(root, ctx, jobId) {
     if (!rootId) { treeBox.hidden = true; return; }
     const rootJob = rootId === job.id ? job : await api(`/v1/jobs/${rootId}`);
     const list = el("ul", { class: "tree" });
-    treeBox.replaceChildren(el("h2", {}, "Workflow"), list);
+    put(treeBox, el("h2", {}, "Workflow"), list);
     treeBox.hidden = false;
     await addNode(list, rootJob, 0);
   }
@@ -173,7 +173,7 @@ export function jobView(root, ctx, jobId) {
     const draw = () => {
       row.dataset.status = current.status;
       row.dataset.percent = String(Math.round(percentOf(current)));
-      row.replaceChildren(el("a", { href: `#/jobs/${current.id}`, class: current.id === job.id ? "self" : "" },
+      put(row, el("a", { href: `#/jobs/${current.id}`, class: current.id === job.id ? "self" : "" },
         current.kind === "workflow" ? "workflow" : current.task), bar(current), el("span", { class: "pct" },
         `${Math.round(percentOf(current))}%`), badge(current));
     };
@@ -218,7 +218,7 @@ export function jobView(root, ctx, jobId) {
   reload().then((found) => {
     if (!found || stopped) return;
     follow();
-    loadTree().catch((err) => { treeBox.hidden = false; treeBox.replaceChildren(notice(`Workflow: ${err.message}`, "error")); });
+    loadTree().catch((err) => { treeBox.hidden = false; put(treeBox, notice(`Workflow: ${err.message}`, "error")); });
   });
   return {
     unmount() {

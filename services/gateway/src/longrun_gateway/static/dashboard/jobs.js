@@ -3,6 +3,7 @@ import { api } from "./api.js";
 import { TERMINAL, ago, applyFrame, badge, bar, el, errorText, metaChips, percentOf, phase, timing } from "./ui.js";
 
 const REFRESH_MS = 4000;
+const NOT_STARTED = new Set(["waiting", "cancelled-queued"]); // no percent: nothing has run
 const STATUSES = ["", "queued", "running", "retrying", "succeeded", "failed", "cancelled"];
 const SINCE = { "": "any time", "15m": "last 15 min", "1h": "last hour", "24h": "last 24 h", "7d": "last 7 days" };
 const SINCE_SECONDS = { "15m": 900, "1h": 3600, "24h": 86400, "7d": 604800 };
@@ -95,7 +96,7 @@ export function jobsView(root, ctx) {
             ? el("span", { class: "error-text" }, errorText(job.error) || "failed")
             : el("span", { class: "message" }, detail),
           metaChips(progress.meta))),
-      el("div", { class: "pct" }, p === "cancelled-queued" ? "—" : `${Math.round(percent)}%`),
+      el("div", { class: "pct" }, NOT_STARTED.has(p) ? "—" : `${Math.round(percent)}%`),
       el("div", { class: "state-col" }, badge(job), el("small", { class: "attempts" }, attempt)),
       el("div", { class: "times" }, el("span", { class: "timing" }, timing(job)),
         el("small", { title: job.created_at }, `${job.queue} · created ${ago(job.created_at)}`)),

@@ -1,6 +1,6 @@
 // Dead letters (single and bulk actions by filter), queues and workers, and the summary strip.
 import { api } from "./api.js";
-import { ago, badge, clock, duration, el, errorText, notice } from "./ui.js";
+import { ago, badge, clock, duration, el, errorText, notice, put } from "./ui.js";
 
 const REFRESH_MS = 5000;
 
@@ -30,13 +30,13 @@ export function queuesView(root, ctx) {
     try {
       const [queues, workers] = await Promise.all([api("/v1/queues"), api("/v1/workers")]);
       if (stopped) return;
-      queuesBox.replaceChildren(el("h2", {}, "Queues"), el("p", { class: "muted" }, "your jobs in each queue"),
+      put(queuesBox, el("h2", {}, "Queues"), el("p", { class: "muted" }, "your jobs in each queue"),
         table(["queue", "waiting", "retrying", "running", "oldest wait"], queues.items.map((q) =>
           el("tr", { dataset: { queue: q.name } }, el("td", {}, el("a", { href: `#/jobs?queue=${encodeURIComponent(q.name)}` }, q.name)),
             el("td", { class: "num" }, q.queued), el("td", { class: "num" }, q.retrying),
             el("td", { class: "num" }, q.running), el("td", { class: "num" }, q.oldest_wait_seconds === null ? "—"
               : duration(q.oldest_wait_seconds))))));
-      workersBox.replaceChildren(el("h2", {}, "Workers"),
+      put(workersBox, el("h2", {}, "Workers"),
         workers.items.length ? table(["worker", "your jobs running"], workers.items.map((w) =>
           el("tr", { dataset: { worker: w.hostname } }, el("td", {}, w.hostname), el("td", { class: "num" }, w.running))))
           : notice("No worker is alive: queued jobs wait until one starts.", "error"));
@@ -67,7 +67,7 @@ export function deadLettersView(root, ctx) {
     for (const [k, v] of new FormData(form)) if (String(v).trim()) query.set(k, String(v).trim());
     location.hash = `#/dead-letters${query.size ? `?${query}` : ""}`;
   });
-  const list = el("div", { id: "letters" });
+  const list = el("div", { id: "letters", class: "card" });
   const older = el("button", { type: "button", id: "older", disabled: true }, "Older →");
   const newer = el("button", { type: "button", id: "newer", disabled: true }, "← Newer");
   root.append(form, list, el("div", { class: "pager" }, newer, older));
@@ -117,9 +117,9 @@ export function deadLettersView(root, ctx) {
           el("td", { class: "num" }, d.attempts),
           el("td", { title: clock(d.failed_at) }, ago(d.failed_at)),
           el("td", {}, d.job ? badge(d.job) : ""),
-          el("td", { class: "actions" },
+          el("td", {}, el("div", { class: "actions" },
             el("button", { type: "button", class: "small", onclick: () => one(d, "requeue") }, "Requeue"),
-            el("button", { type: "button", class: "small danger", onclick: () => one(d, "delete") }, "Delete")))))
+            el("button", { type: "button", class: "small danger", onclick: () => one(d, "delete") }, "Delete"))))))
         : el("div", { class: "empty" }, "No dead letters match."));
       newer.disabled = cursors.length <= 1;
       older.disabled = !page.next_cursor;
