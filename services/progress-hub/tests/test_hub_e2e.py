@@ -1,5 +1,5 @@
 """End to end in headless Chromium (the `browser` fixture of tests/support/browser.py): the browser client,
-against real services. The gateway's dashboard has its own browser tests in tests/test_dashboard.py.
+against real services. The gateway's dashboard has its own browser tests in tests/dashboard/.
 """
 
 from __future__ import annotations

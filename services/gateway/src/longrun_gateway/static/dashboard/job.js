@@ -85,7 +85,11 @@ export function jobView(root, ctx, jobId) {
   function render() {
     const p = phase(job);
     document.title = `${job.task} ${job.id.slice(0, 8)} — Longrun`;
-    put(head, el("h1", {}, job.task, " ", badge(job)), el("code", { class: "id" }, job.id), actions());
+    const key = `${p}|${job.cancel_requested}|${letter ? letter.id : ""}`;
+    if (head.dataset.key !== key) { // redrawn only when it changes: a button must not move under the pointer
+      head.dataset.key = key;
+      put(head, el("h1", {}, job.task, " ", badge(job)), el("code", { class: "id" }, job.id), actions());
+    }
     head.dataset.status = job.status;
     head.dataset.phase = p;
     const progress = job.progress || {};

@@ -100,7 +100,17 @@ export function jobsView(root, ctx) {
       el("div", { class: "state-col" }, badge(job), el("small", { class: "attempts" }, attempt)),
       el("div", { class: "times" }, el("span", { class: "timing" }, timing(job)),
         el("small", { title: job.created_at }, `${job.queue} · created ${ago(job.created_at)}`)),
-      el("div", { class: "actions" }, cancelButton(job)));
+      actionsOf(entry));
+  }
+
+  // The actions cell is kept across redraws (a frame must not swap the button under the pointer).
+  function actionsOf(entry) {
+    const key = `${entry.job.status}|${entry.job.cancel_requested}`;
+    if (!entry.actions || entry.actionsKey !== key) {
+      entry.actions = el("div", { class: "actions" }, cancelButton(entry.job));
+      entry.actionsKey = key;
+    }
+    return entry.actions;
   }
 
   function flush() {

@@ -7,101 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 from playwright.async_api import Browser, Page
 
-from tests.support.browser import ARTIFACTS
-from tests.support.fixtures import ServiceFactory
+from .helpers import Stack, ids_js, open_dashboard, row, screenshot, shown_ids
 
 # Starting a gateway, a hub and a worker takes a minute on a loaded 2-core machine.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
-
-# The worker takes only these queues: a job sent to `low` waits until someone cancels it.
-WORKER_QUEUES = ("default", "high")
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    """SQLite only: the page is the same on both backends (the API's SQL is tested on both elsewhere)."""
-    from longrun_common.db import migrate
-    from longrun_common.settings import Settings
-
-    url = f"sqlite:///{tmp_path / 'longrun.db'}"
-    migrate(Settings(database_url=url))
-    return url
-
-
-@dataclass
-class Stack:
-    url: str
-    http: httpx.AsyncClient
-
-    async def submit(self, args: dict[str, Any], *, key: str = "dev-key", **fields: Any) -> dict[str, Any]:
-        response = await self.http.post("/v1/jobs", json={"task": "demo.steps", "args": args, **fields},
-                                        headers={"Authorization": f"Bearer {key}"})
-        assert response.status_code == 202, response.text
-        return dict(response.json())
-
-    async def batch(self, jobs: list[dict[str, Any]]) -> list[str]:
-        response = await self.http.post("/v1/jobs:batch", json={"jobs": jobs})
-        assert response.status_code == 202, response.text
-        return [job["id"] for job in response.json()["items"]]
-
-    async def job(self, job_id: str) -> dict[str, Any]:
-        response = await self.http.get(f"/v1/jobs/{job_id}")
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-    async def until_status(self, job_id: str, statuses: set[str], within: float = 60) -> dict[str, Any]:
-        job = await self.job(job_id)
-        async with asyncio.timeout(within):
-            while job["status"] not in statuses:  # long-polls: answers as soon as the job's seq moves
-                response = await self.http.get(f"/v1/jobs/{job_id}", params={"wait": 5, "after_seq": job["seq"]})
-                job = response.json()
-        return job
-
-
-@pytest.fixture
-async def stack(services: ServiceFactory, settings_env: dict[str, str]) -> AsyncIterator[Stack]:
-    hub = services("hub")
-    gateway = services("gateway", env={"LONGRUN_HUB_PUBLIC_URL": hub.url})
-    prefix = settings_env["LONGRUN_KEY_PREFIX"]
-    services("worker", "--concurrency", "3", "--queues", ",".join(f"{prefix}.{q}" for q in WORKER_QUEUES))
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=15,
-                                 headers={"Authorization": "Bearer dev-key"}) as http:
-        yield Stack(gateway.url, http)
-
-
-async def open_dashboard(browser: Browser, stack: Stack, hash_: str = "", *, key: str = "dev-key") -> Page:
-    page = await browser.new_page(viewport={"width": 1440, "height": 900})
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
-    page.errors = errors  # type: ignore[attr-defined]  # read by the tests at the end
-    await page.goto(f"{stack.url}/dashboard{hash_}")
-    await page.fill("#api-key", key)
-    await page.click("#save-key")
-    await page.wait_for_function("document.body.dataset.live === '1'", timeout=15_000)
-    return page
-
-
-def row(job_id: str) -> str:
-    return f'.job[data-job-id="{job_id}"]'
-
-
-async def shown_ids(page: Page) -> list[str]:
-    return list(await page.eval_on_selector_all(".job", "(els) => els.map((el) => el.dataset.jobId)"))
-
-
-async def screenshot(page: Page, name: str) -> None:
-    await asyncio.to_thread(ARTIFACTS.mkdir, exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / name), full_page=True)
 
 
 async def test_job_list_live_bars_filters_paging_and_search(stack: Stack, browser: Browser) -> None:
@@ -189,10 +102,6 @@ async def key_handling(page: Page, mine: str) -> None:
     await page.click("#save-key")
     await page.wait_for_selector(".state.error")
     assert "Cannot connect" in (await page.text_content("#state") or "")
-
-
-def ids_js() -> str:
-    return "[...document.querySelectorAll('.job')].map((el) => el.dataset.jobId).join(' ')"
 
 
 async def test_job_page_failure_cancel_and_dead_letters(stack: Stack, browser: Browser) -> None:
