@@ -105,9 +105,8 @@ async def key_handling(page: Page, mine: str) -> None:
 
 
 async def test_job_page_failure_cancel_and_dead_letters(stack: Stack, browser: Browser) -> None:
-    # Three jobs that fail every attempt (they become dead letters) and one long job to cancel while it runs.
+    # Three jobs that fail every attempt (they become dead letters) and later one long job to cancel while it runs.
     failing = [(await stack.submit({"steps": 4, "fail_times": 10}))["id"] for _ in range(3)]
-    long = (await stack.submit({"steps": 200, "delay": 0.1}))["id"]
     queued = (await stack.submit({"steps": 1}, queue="low"))["id"]
     for job_id in failing:
         await stack.until_status(job_id, {"failed"})
@@ -136,6 +135,7 @@ async def test_job_page_failure_cancel_and_dead_letters(stack: Stack, browser: B
     await screenshot(page, "dashboard-failed-job.png")
 
     # Cancel a running job from its page: it ends cancelled (while running), the timeline shows the end.
+    long = (await stack.submit({"steps": 600, "delay": 0.1}, priority=9))["id"]
     await stack.until_status(long, {"running"})
     await page.goto(f"{stack.url}/dashboard#/jobs/{long}")
     await page.wait_for_selector('.job-head[data-status="running"]')
