@@ -119,6 +119,7 @@ async def test_job_page_failure_cancel_and_dead_letters(stack: Stack, browser: B
     await page.click(f'{row(queued)} button[data-action="cancel"]')
     await page.wait_for_selector(f'{row(queued)}[data-phase="cancelled-queued"]', timeout=15_000)
     assert await page.text_content(f"{row(queued)} .badge") == "cancelled before start"
+    await screenshot(page, "dashboard-states.png")  # failed with its error, cancelled before start
 
     # The failed job's page: error with traceback, every attempt, and the timeline replayed from its stream.
     await page.click(f"{row(failing[0])} a.name")
