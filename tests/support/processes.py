@@ -27,7 +27,8 @@ class Service:
     port: int | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
-    def start(self, ready_path: str | None = "/healthz", timeout: float = 30.0) -> Service:
+    # Generous: on a loaded machine (2 cores, several suites at once) importing the stack alone can take 30 s.
+    def start(self, ready_path: str | None = "/healthz", timeout: float = 90.0) -> Service:
         with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
                 self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=repo_root(),

@@ -200,3 +200,14 @@ async def test_delete_by_filter_validates(lite_client: httpx.AsyncClient, query:
     if "limit" not in body:  # the requeue body takes the same filter and says the same
         response = await lite_client.post("/v1/dead-letters/requeue", json=body, headers=DEV)
         assert response.status_code == 422 and error_of(response)["message"] == message
+
+
+async def test_list_by_job_id(client: httpx.AsyncClient) -> None:
+    """A job page finds the dead letter of its job (and only the caller's)."""
+    a = await fail(client)
+    await fail(client)
+    assert [i["job_id"] for i in (await letters(client, f"?job_id={a}"))["items"]] == [a]  # type: ignore[index]
+    assert (await letters(client, f"?job_id={a}", headers=ACME))["items"] == []
+    assert (await letters(client, "?job_id=not-a-job"))["items"] == []
+    response = await client.get("/v1/dead-letters?job_id=" + "x" * 65, headers=DEV)
+    assert response.status_code == 422 and "job_id" in error_of(response)["message"]

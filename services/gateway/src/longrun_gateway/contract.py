@@ -196,6 +196,29 @@ class Deleted(BaseModel):
     deleted: int = Field(description="how many dead letters were deleted")
 
 
+class QueueView(BaseModel):
+    name: str
+    queued: int
+    running: int
+    retrying: int
+    oldest_wait_seconds: float | None = Field(description="the longest a due job of this queue has waited")
+
+
+class QueuePage(BaseModel):
+    items: list[QueueView]
+    next_cursor: str | None
+
+
+class WorkerView(BaseModel):
+    hostname: str
+    running: int = Field(description="how many of the caller's jobs this worker is running")
+
+
+class WorkerPage(BaseModel):
+    items: list[WorkerView]
+    next_cursor: str | None
+
+
 class Health(BaseModel):
     status: str
 

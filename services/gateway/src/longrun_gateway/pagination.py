@@ -53,6 +53,12 @@ class Cursor:
         return cls(at, ident)
 
 
+def stored_utc(value: datetime, *, naive: bool) -> datetime:
+    """`value` as the database stores it: UTC (a time without zone is taken as UTC), naive on SQLite."""
+    value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    return value.replace(tzinfo=None) if naive else value
+
+
 def page(
     session: Session,
     statement: SelectOfScalar[T],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import admin_keys, dashboard, dead_letters, files, health, jobs, tasks, tokens
+from . import admin_keys, dashboard, dead_letters, files, health, jobs, operations, tasks, tokens
 
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
@@ -14,5 +14,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     files.router,
     dead_letters.router,
     admin_keys.router,
+    operations.router,
     dashboard.router,
 )

@@ -173,11 +173,14 @@ def list_dead_letters(
     error_type: Annotated[str | None, _ERROR_TYPE] = None,
     since: Annotated[str | None, _SINCE] = None,
     until: Annotated[str | None, _UNTIL] = None,
+    job_id: Annotated[str | None, Query(max_length=64, pattern=TEXT_PATTERN, description="one job's letter")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> dict[str, Any]:
     """The tenant's dead letters, newest failure first."""
     statement = Filter(task, error_type, *_query_times(since, until)).statement(session, tenant)
+    if job_id:  # a job page finds its letter (traceback, attempt history) by the job's id
+        statement = statement.where(col(DeadLetter.job_id) == job_id)
     letters, next_cursor = page(session, statement, col(DeadLetter.failed_at), col(DeadLetter.id), limit, cursor)
     return {"items": _items(gateway, session, letters), "next_cursor": next_cursor}
 

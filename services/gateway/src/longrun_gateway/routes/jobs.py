@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query
@@ -21,7 +22,7 @@ from ..contract import LOCATION, JobBatch, JobPage, JobView, error_responses, ok
 from ..deps import TEXT_PATTERN, GatewayDep, SessionDep, StoreDep, TenantDep, json_body, limit_submissions
 from ..errors import REDIS_DOWN, invalid, not_found
 from ..live import LiveUnavailable
-from ..pagination import DEFAULT_LIMIT, MAX_LIMIT, page
+from ..pagination import DEFAULT_LIMIT, MAX_LIMIT, page, stored_utc
 from ..state import Gateway
 from ..submission import JobRequest, check_idempotency_key, submit
 
@@ -113,6 +114,9 @@ def list_jobs(
     session: SessionDep,
     status: Annotated[str | None, Query(pattern=STATUS_FILTER, description="one status; empty = any")] = None,
     task: Annotated[str | None, Query(max_length=128, pattern=TEXT_PATTERN, description="empty = any")] = None,
+    queue: Annotated[str | None, Query(max_length=128, pattern=TEXT_PATTERN, description="empty = any")] = None,
+    created_after: Annotated[datetime | None, Query(description="ISO time; jobs created at or after it")] = None,
+    created_before: Annotated[datetime | None, Query(description="ISO time; jobs created before it")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> dict[str, Any]:
@@ -122,6 +126,13 @@ def list_jobs(
         statement = statement.where(col(Job.status) == status)
     if task:
         statement = statement.where(col(Job.task) == task)
+    if queue:
+        statement = statement.where(col(Job.queue) == queue)
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    if created_after is not None:
+        statement = statement.where(col(Job.created_at) >= stored_utc(created_after, naive=sqlite))
+    if created_before is not None:
+        statement = statement.where(col(Job.created_at) < stored_utc(created_before, naive=sqlite))
     jobs, next_cursor = page(session, statement, col(Job.created_at), col(Job.id), limit, cursor)
     return {"items": views.present_many(gateway, jobs), "next_cursor": next_cursor}
 

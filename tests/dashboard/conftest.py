@@ -1,0 +1,37 @@
+"""The dashboard's browser tests run against one real stack each: gateway, hub and a worker (SQLite)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from longrun_common.db import migrate
+from longrun_common.settings import Settings
+from tests.support.fixtures import ServiceFactory
+
+from .helpers import Stack
+
+# The worker takes only these queues: a job sent to `low` waits until someone cancels it.
+WORKER_QUEUES = ("default", "high")
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    """SQLite only: the page is the same on both backends (the API's SQL is tested on both elsewhere)."""
+    url = f"sqlite:///{tmp_path / 'longrun.db'}"
+    migrate(Settings(database_url=url))
+    return url
+
+
+@pytest.fixture
+async def stack(services: ServiceFactory, settings_env: dict[str, str]) -> AsyncIterator[Stack]:
+    hub = services("hub")
+    gateway = services("gateway", env={"LONGRUN_HUB_PUBLIC_URL": hub.url})
+    prefix = settings_env["LONGRUN_KEY_PREFIX"]
+    services("worker", "--concurrency", "3", "--queues", ",".join(f"{prefix}.{q}" for q in WORKER_QUEUES))
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=15,
+                                 headers={"Authorization": "Bearer dev-key"}) as http:
+        yield Stack(gateway.url, http)
