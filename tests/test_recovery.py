@@ -156,10 +156,12 @@ def test_job_of_a_worker_killed_just_before_redis_lost_everything_runs_again_wit
     private, store = private_redis
     lease = Settings().lease_seconds
     env = {"LONGRUN_REDIS_URL": private.url}
-    doomed = services("worker", "--concurrency", "1", env=env)
+    workers = [services("worker", "--concurrency", "1", env=env, wait=False) for _ in range(2)]  # boot together
+    for worker in workers:
+        worker.wait_log("ready.", timeout=90)
     job = submit(store, "demo.steps", {"steps": 600, "delay": 0.1})
-    _running(store, job.id, 1, timeout=30)
-    services("worker", "--concurrency", "1", env=env)
+    holder = _running(store, job.id, 1, timeout=30).worker or ""
+    (doomed,) = [w for w in workers if _host(w) == holder.split("@")[0]]
     time.sleep(0.5)  # some progress, and the lease renewed, before the kill
     killed_at = _kill(doomed)
     time.sleep(2.0)  # a whole lease granted after the wipe would make it kill + 2 s + 10 s at least
