@@ -16,7 +16,7 @@ Targets: gateway throughput >= 70% of raw; gateway p99 <= 20 ms at 200 req/s; ga
 `--tracing` then starts a second gateway with OpenTelemetry on (OTLP/HTTP to a receiver in this process that
 accepts and drops the spans) and runs the same throughput and fixed-rate phases against it: the cost of
 tracing, on vs off in the same run.
-`--profile` samples the gateway with py-spy (`uvx py-spy`, outside the project's lock) during one more
+`--profile` samples the gateway with py-spy (a dev dependency) during one more
 throughput run and prints where its time goes.
 """
 
@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -293,9 +294,9 @@ OTHER = "asyncio loop, threads, other"
 
 
 def profile_gateway(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
-    """Start py-spy (via uvx, so the project's lock is untouched) sampling the gateway for `seconds`."""
-    argv = ["uvx", "py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
-            "--format", "raw", "--output", str(out), "--nonblocking", "--gil"]
+    """Start py-spy (a dev dependency) sampling the gateway for `seconds`."""
+    argv = [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--duration",
+            str(int(seconds)), "--rate", "200", "--format", "raw", "--output", str(out), "--nonblocking", "--gil"]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
