@@ -38,6 +38,8 @@ _DELIVERY_PERSISTENT = 2
 
 _senders: WeakKeyDictionary[Celery, TaskMessages | None] = WeakKeyDictionary()
 _lock = threading.Lock()
+_origin: list[str] = []  # this process's `origin` header, once computed (os.getpid is a system call)
+os.register_at_fork(after_in_child=_origin.clear)
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,6 @@ class TaskMessages:
         self.key_prefix = key_prefix
         self.reply_to = reply_to
         self.steps = sorted(priority_steps)
-        self._origin: tuple[int, str] = (0, "")
 
     @classmethod
     def of(cls, celery: Celery) -> TaskMessages | None:
@@ -91,11 +92,10 @@ class TaskMessages:
         return f"{self.key_prefix}{name}"
 
     def origin(self) -> str:
-        """Celery's `anon_nodename()`: `gen<pid>@<host>`, for the process sending now (forks get their own)."""
-        pid = os.getpid()
-        if self._origin[0] != pid:
-            self._origin = (pid, f"gen{pid}@{socket.gethostname()}")
-        return self._origin[1]
+        """Celery's `anon_nodename()`: `gen<pid>@<host>`, for the process sending now (a fork gets its own)."""
+        if not _origin:
+            _origin.append(f"gen{os.getpid()}@{socket.gethostname()}")
+        return _origin[0]
 
     def build(self, message: Message) -> bytes:
         """The JSON kombu's Redis transport would LPUSH for `send_task(task, kwargs=…, task_id=…, …)`."""
