@@ -19,7 +19,7 @@ from sqlmodel import Session, col, delete, select
 
 from . import telemetry
 from .catalog import TaskPolicy
-from .dispatch import send_job
+from .dispatch import send_job, send_jobs
 from .events import JobError, Progress, now
 from .keys import Keys
 from .models import Attempt, DeadLetter, IdempotencyKey, Job, TaskRecord, utcnow
@@ -115,32 +115,42 @@ class JobStore:
             return None
 
     def submit_many(self, jobs: list[Job]) -> list[Published | None]:
-        """Commit every row in one transaction, then publish each job's `queued` and send its message.
+        """Commit every row in one transaction, then publish every job's `queued` event and send every message,
+        each step pipelined in one round trip.
 
-        Each entry of the result is the job's publish, or None when Redis or the broker failed for it (the job
-        is accepted all the same: the reconciler publishes and sends it later, as after a single submit).
+        Each entry of the result is the job's publish, or None when Redis was down (the job is accepted all the
+        same: the reconciler publishes and sends it later, as after a single submit). A job whose message could
+        not be sent is not marked dispatched, so the reconciler sends it.
         """
         with self.engine.begin() as connection, telemetry.span("commit jobs", attributes={"longrun.jobs": len(jobs)}):
             connection.execute(insert(_table(Job)), [row_values(job) for job in jobs])
-        published: list[Published | None] = [None] * len(jobs)
-        for index, job in enumerate(jobs):
-            try:
-                published[index] = self.announce(job)
-            except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
-                # Redis or the broker is down: stop here rather than wait out each remaining job's failure.
-                log.warning("%d jobs accepted but not yet published or sent (%s); the reconciler will",
-                            len(jobs) - index, exc)
-                break
+        try:
+            published: list[Published | None] = list(self.publisher.publish_many(self.redis, [
+                self._status_event(job) for job in jobs]))
+        except redis.RedisError as exc:
+            log.warning("%d jobs accepted but not yet published (%s); the reconciler will", len(jobs), exc)
+            return [None] * len(jobs)
+        if self.celery is None:
+            return published
+        try:
+            send_jobs(self.celery, self.keys, jobs)
+            pipe = self.redis.pipeline(transaction=False)
+            for job in jobs:
+                pipe.hset(self.keys.job(job.id), "dispatched", str(job.attempt))
+            pipe.execute()
+        except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
+            log.warning("%d jobs accepted but their messages not all sent (%s); the reconciler will", len(jobs), exc)
         return published
+
+    def _status_event(self, job: Job) -> EventSpec:
+        """The event stating a waiting job's current (queued/retrying) status, with its creation fields."""
+        return EventSpec(job.id, "status", JobStatus(job.status), job.attempt, fields=creation_fields(job),
+                         seq_floor=sql_floor(job.seq))
 
     def announce(self, job: Job, *, urgent: bool = False) -> Published:
         """Publish the job's current (queued/retrying) status and send its message; the reconciler reuses this
         after Redis lost the job."""
-        published = self.publisher.publish(
-            self.redis,
-            EventSpec(job.id, "status", JobStatus(job.status), job.attempt, fields=creation_fields(job),
-                      seq_floor=sql_floor(job.seq)),
-        )
+        published = self.publisher.publish(self.redis, self._status_event(job))
         if self.celery is not None:
             send_job(self.celery, self.keys, job, urgent=urgent)
             # Marks the message as sent: the reconciler resends a queued job whose send never happened.

@@ -171,9 +171,14 @@ class TaskCatalog:
         cached = self._tasks.get(name)
         if cached is not None and now - cached[0] < self.ttl:
             return cached[1]
-        self._tasks.pop(name, None)  # expired: a task gone from the catalog must not linger here
+        expired = self._tasks.pop(name, None)  # a task gone from the catalog must not linger here
         with Session(self.engine) as session:
-            task = CatalogTask.of(*load_task(session, name))
+            record, policy = load_task(session, name)
+        if expired is not None and expired[1].record.args_schema == record.args_schema:
+            # The same schema as before: reuse its checked validator (checking a schema costs milliseconds).
+            task = CatalogTask(record, policy, expired[1].validator)
+        else:
+            task = CatalogTask.of(record, policy)
         if self.ttl > 0:
             self._tasks[name] = (now, task)
         return task

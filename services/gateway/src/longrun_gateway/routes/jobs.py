@@ -7,7 +7,7 @@ import logging
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
@@ -19,7 +19,7 @@ from longrun_common.views import job_view
 from .. import views
 from ..batch import BatchRequest, build_jobs
 from ..contract import LOCATION, JobBatch, JobPage, JobView, error_responses, ok
-from ..deps import TEXT_PATTERN, GatewayDep, SessionDep, StoreDep, TenantDep, json_body, limit_submissions
+from ..deps import TEXT_PATTERN, GatewayDep, SessionDep, StoreDep, Submission, TenantDep, submission
 from ..errors import REDIS_DOWN, invalid, not_found
 from ..live import LiveUnavailable
 from ..pagination import DEFAULT_LIMIT, MAX_LIMIT, page, stored_utc
@@ -34,7 +34,7 @@ DEGRADED_POLL_SECONDS = 1.0
 # A status, or empty for "any": the 422 for anything else names the allowed values (the pattern).
 STATUS_FILTER = f"^({'|'.join(s.value for s in JobStatus)})?$"
 
-JobRequestDep = Annotated[JobRequest, Depends(json_body(JobRequest))]
+JobSubmission = Annotated[Submission[JobRequest], Depends(submission(JobRequest))]
 _JOB_BODY = {
     "requestBody": {"required": True, "content": {"application/json": {"schema": JobRequest.model_json_schema()}}}
 }
@@ -50,17 +50,12 @@ _JOB_BODY = {
         **ok(200, JobView, "an Idempotency-Key replay: the job this key first created", LOCATION),
         **error_responses(401, 409, 413, 422, 429, 503),
     },
-    dependencies=[Depends(limit_submissions)],  # runs first: auth, then the rate limit, then the body
 )
-def submit_job(
-    tenant: TenantDep,
-    gateway: GatewayDep,
-    body: JobRequestDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-) -> JSONResponse:
+def submit_job(accepted: JobSubmission) -> JSONResponse:
     """Accept a job: 202 and its view; an Idempotency-Key replay returns the same job with 200."""
-    key = check_idempotency_key(idempotency_key)
-    result = submit(gateway, tenant, body, key)
+    gateway = accepted.gateway
+    key = check_idempotency_key(accepted.idempotency_key)
+    result = submit(gateway, accepted.tenant, accepted.body, key)
     if result.created:
         gateway.metrics.jobs_submitted.labels(result.job.task).inc()
     # A new job's live fields are what was just published (no HGETALL); a replay reads them afresh.
@@ -71,7 +66,7 @@ def submit_job(
     )
 
 
-BatchRequestDep = Annotated[BatchRequest, Depends(json_body(BatchRequest))]
+BatchSubmission = Annotated[Submission[BatchRequest], Depends(submission(BatchRequest, document_key=False))]
 _BATCH_BODY = {
     "requestBody": {"required": True, "content": {"application/json": {"schema": BatchRequest.model_json_schema()}}}
 }
@@ -86,18 +81,13 @@ _BATCH_BODY = {
         **ok(202, JobBatch, "accepted: every job, in the order submitted"),
         **error_responses(401, 413, 422, 429, 503),
     },
-    dependencies=[Depends(limit_submissions)],
 )
-def submit_batch(
-    tenant: TenantDep,
-    gateway: GatewayDep,
-    body: BatchRequestDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", include_in_schema=False)] = None,
-) -> JSONResponse:
+def submit_batch(accepted: BatchSubmission) -> JSONResponse:
     """Accept up to 1,000 jobs in one transaction: all or none (one 422 names each problem as `jobs[i].field`)."""
-    if idempotency_key is not None:  # refused, not ignored: a client must not believe its retry is safe
+    if accepted.idempotency_key is not None:  # refused, not ignored: a client must not believe its retry is safe
         raise invalid("Idempotency-Key", "is not supported on a batch submit; submit the jobs one by one to use it")
-    jobs = build_jobs(gateway, tenant, body)
+    gateway = accepted.gateway
+    jobs = build_jobs(gateway, accepted.tenant, accepted.body)
     published = gateway.store.submit_many(jobs)
     for job in jobs:
         gateway.metrics.jobs_submitted.labels(job.task).inc()
