@@ -30,8 +30,11 @@ LONG_POLL_SECONDS = 25.0  # per request; the gateway caps `wait` itself
 
 class _Base:
     def __init__(self, url: str | None = None, api_key: str | None = None, *, profile: str | None = None,
-                 timeout: float = 30.0, retry: RetryPolicy | None = None, reconnect_window: float = 10.0) -> None:
+                 timeout: float = 30.0, retry: RetryPolicy | None = None, reconnect_window: float = 10.0,
+                 hub_url: str | None = None) -> None:
         self.config = Config.resolve(url, api_key, profile)
+        # The hub as this client reaches it, when that differs from what the gateway advertises (a tunnel).
+        self.hub_url = hub_url.rstrip("/") if hub_url else None
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.reconnect_window = reconnect_window
@@ -53,7 +56,7 @@ class _Base:
     def _kwargs(self) -> dict[str, Any]:
         """What a twin client needs to act as this one (the blocking `follow()` runs an async twin)."""
         return {"url": self.config.url, "api_key": self.config.api_key, "timeout": self.timeout,
-                "retry": self.retry, "reconnect_window": self.reconnect_window}
+                "retry": self.retry, "reconnect_window": self.reconnect_window, "hub_url": self.hub_url}
 
 
 def _sync(op: Callable[P, Call[T]]) -> Callable[Concatenate[Client, P], T]:

@@ -77,7 +77,7 @@ async def follow(client: AsyncClient, job_id: str, *, since: int | None = None,
     if unknown or not transports:
         raise ValueError(f"transports must be taken from {TRANSPORTS}, not {transports}")
     cursor = _Cursor(since)
-    job = await client.get(job_id)
+    job = _rebased(await client.get(job_id), client.hub_url)
     if since is None and job.done:  # nothing will stream: the job as it ended
         event = cursor.take(Event.from_job(job, "poll"))
         if event is not None:
@@ -122,9 +122,19 @@ async def follow(client: AsyncClient, job_id: str, *, since: int | None = None,
 async def _fresh_stream(client: AsyncClient, job: Job) -> Job:
     """A new stream token (the old one may have expired); the old one if the gateway cannot answer now."""
     try:
-        return await client.get(job.id)
+        return _rebased(await client.get(job.id), client.hub_url)
     except (LongrunError, httpx.HTTPError):
         return job
+
+
+def _rebased(job: Job, hub_url: str | None) -> Job:
+    """The job's stream links on `hub_url` instead of the hub the gateway advertises."""
+    if hub_url is None or job.stream is None:
+        return job
+    ws_base = "ws" + hub_url.removeprefix("http")  # http → ws, https → wss
+    job.stream.ws_url = f"{ws_base}/v1/ws/jobs/{job.id}"
+    job.stream.sse_url = f"{hub_url}/v1/jobs/{job.id}/events"
+    return job
 
 
 def _session(client: AsyncClient, kind: str, job: Job, cursor: _Cursor) -> AsyncIterator[Event]:
