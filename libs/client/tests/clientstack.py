@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from longrun_client import Client
 from tests.support.processes import Service, free_port, python_module, service_env
 
-TENANTS = 40
+TENANTS = 200
 START_TIMEOUT = 180.0  # generous: on a loaded CI machine importing the gateway alone can take half a minute
 
 
@@ -32,8 +33,10 @@ class Stack:
         self.started: list[Service] = []
         self._tenants = itertools.count()
 
-    def start(self, name: str, argv: list[str], port: int | None = None, ready_log: str | None = None) -> Service:
-        service = Service(name, argv, service_env(self.env), self.tmp / f"{name}-{len(self.started)}.log", port)
+    def start(self, name: str, argv: list[str], port: int | None = None, ready_log: str | None = None,
+              env: dict[str, str] | None = None) -> Service:
+        merged = service_env({**self.env, **(env or {})})
+        service = Service(name, argv, merged, self.tmp / f"{name}-{len(self.started)}.log", port)
         self.started.append(service)
         service.start(timeout=START_TIMEOUT)
         if ready_log:
@@ -61,3 +64,15 @@ class Stack:
 
     def client(self, api_key: str | None = None, **options: Any) -> Client:
         return Client(self.gateway.url, api_key or self.new_key(), **options)
+
+    def hub_without_websockets(self) -> Service:
+        """A hub served with uvicorn's WebSockets off: upgrades get a plain HTTP 404, as behind some proxies."""
+        port = free_port()
+        code = ("import uvicorn; from longrun_common.settings import Settings; from longrun_hub.app import create_app; "
+                "s = Settings(); uvicorn.run(create_app(s), host='127.0.0.1', port=s.hub_port, ws='none')")
+        return self.start("hub-nows", [sys.executable, "-c", code], port, env={"LONGRUN_HUB_PORT": str(port)})
+
+    def restart_hub(self) -> None:
+        """Stop the hub (SIGTERM: it tells its clients to reconnect) and start it again on the same port."""
+        self.hub.stop()
+        self.hub.start(timeout=START_TIMEOUT)

@@ -1,6 +1,6 @@
 """The client's tests run against the real stack: a gateway, a progress hub and a worker as processes.
 
-One stack per test module (starting three Python services costs seconds, many more on a busy machine); each
+One stack for all of them (starting three Python services costs seconds, many more on a busy machine); each
 test gets a tenant of its own, so tests never see each other's jobs.
 """
 
@@ -14,7 +14,7 @@ from clientstack import Stack
 from longrun_client import Client
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(redis_url, tmp_path_factory.mktemp("stack"))
     try:

@@ -156,10 +156,12 @@ async def _ws(job: Job, cursor: _Cursor) -> AsyncIterator[Event]:
         ws = await connect(url, open_timeout=OPEN_TIMEOUT, max_size=2**22, compression=None)
     except InvalidStatus as exc:
         status = exc.response.status_code
-        if status in (401, 403, 404):
-            raise from_close(4000 + status, f"the hub refused the stream: {status}") from None
+        if status == 401:
+            raise from_close(4401, "the hub refused the stream token") from None
         if status in (429, 502, 503, 504):
             raise _Lost(f"hub answered {status}") from None
+        # Anything else (404, 400, 426 …) is a server or proxy that does not speak WebSocket here: SSE will
+        # say in plain HTTP whether the job itself is the problem.
         raise _Unsupported(f"WebSocket upgrade refused with {status}") from None
     except (OSError, TimeoutError, InvalidHandshake) as exc:
         raise _Lost(repr(exc)) from None
