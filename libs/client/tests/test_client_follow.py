@@ -9,7 +9,7 @@ from clientstack import Stack
 from longrun_client import Client, Event
 from tests.support.processes import free_port
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]  # the first test also starts the stack
 
 
 def assert_gap_free(events: list[Event]) -> None:

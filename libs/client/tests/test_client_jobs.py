@@ -8,7 +8,7 @@ from clientstack import Stack
 
 from longrun_client import AsyncClient, Client, Conflict, InvalidInput, NotFound, RetryPolicy, Unauthorized, Unavailable
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]  # the first test also starts the stack
 
 
 def test_submit_get_list_wait(client: Client) -> None:

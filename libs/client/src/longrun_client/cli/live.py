@@ -102,6 +102,14 @@ def make_progress(console: Console) -> Progress:
     )
 
 
+def ndjson(event: Event) -> dict[str, Any]:
+    """An event as one NDJSON line: the hub's frame; snapshots (any transport) as the job with its status."""
+    if event.type != "snapshot":
+        return event.raw
+    job = event.job.raw if event.job else None
+    return {"type": "snapshot", "job_id": event.job_id, "seq": event.seq, "status": event.status, "job": job}
+
+
 async def _tree(client: AsyncClient, board: Board, job: Job, depth: int) -> None:
     board.add(job, depth)
     if job.kind != "workflow":
@@ -123,8 +131,7 @@ async def follow_many(client: AsyncClient, job_ids: Sequence[str], machine: bool
     async def one(job_id: str, board: Board | None) -> None:
         async for event in client.follow(job_id):
             if board is None:
-                emit(event.raw if event.type != "snapshot" or event.transport != "poll" else
-                     {"type": "snapshot", "job_id": event.job_id, "seq": event.seq, "job": event.raw})
+                emit(ndjson(event))
             else:
                 board.apply(event)
             final[job_id] = event.status
