@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from ..models import ApiKey
-from .common import EXIT_API, emit, err, fail, handles_errors, options
+from .common import EXIT_API, emit, err, fail, handles_errors, options, print_items
 from .tables import keys_table, schema_table, tasks_table
 
 tasks_app = typer.Typer(help="The task catalog.", no_args_is_help=True)
@@ -27,11 +27,7 @@ def list_tasks(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     opts = options(ctx)
     with opts.client() as client:
         tasks = client.tasks()
-    if opts.machine(as_json):
-        for task in tasks:
-            emit(task.raw)
-    else:
-        Console().print(tasks_table(tasks))
+    print_items(opts.machine(as_json), tasks, tasks_table)
 
 
 @tasks_app.command("show")
@@ -107,11 +103,7 @@ def list_keys(ctx: typer.Context, as_json: JsonFlag = False) -> None:
             if not page.next_cursor:
                 break
             cursor = page.next_cursor
-    if opts.machine(as_json):
-        for key in keys:
-            emit(key.raw)
-    else:
-        Console().print(keys_table(keys))
+    print_items(opts.machine(as_json), keys, keys_table)
 
 
 @keys_app.command("show")

@@ -6,12 +6,13 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from ..client import Client
 from ..errors import ApiError, ConnectionFailed, LongrunError
@@ -107,6 +108,15 @@ def emit(data: Any) -> None:
     """One NDJSON line on stdout."""
     sys.stdout.write(json.dumps(data, separators=(",", ":"), default=str) + "\n")
     sys.stdout.flush()
+
+
+def print_items(machine: bool, items: Sequence[Any], table: Callable[[Sequence[Any]], Table]) -> None:
+    """Models as NDJSON lines (their JSON as the API gave it), or as one table on the terminal."""
+    if machine:
+        for item in items:
+            emit(item.raw)
+    else:
+        Console().print(table(items))
 
 
 def short(job_id: str) -> str:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from .common import EXIT_USAGE, emit, err, fail, handles_errors, options
+from .common import EXIT_USAGE, emit, err, fail, handles_errors, options, print_items
 from .tables import job_detail, letters_table
 
 app = typer.Typer(help="Dead letters: jobs that failed after all their attempts.", no_args_is_help=True)
@@ -35,11 +35,7 @@ def list_letters(ctx: typer.Context, task: TaskFilter = None, error_type: ErrorF
     with opts.client() as client:
         found = list(itertools.islice(client.iter_dead_letters(task=task, error_type=error_type,
                                                                page_size=min(limit, 200)), limit))
-    if opts.machine(as_json):
-        for letter in found:
-            emit(letter.raw)
-    else:
-        Console().print(letters_table(found))
+    print_items(opts.machine(as_json), found, letters_table)
 
 
 @app.command("show")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from .common import emit, err, handles_errors, options
+from .common import emit, err, handles_errors, options, print_items
 from .tables import job_detail, jobs_table
 
 app = typer.Typer(help="List, inspect and cancel jobs.", no_args_is_help=True)
@@ -27,11 +27,7 @@ def list_jobs(
     opts = options(ctx)
     with opts.client() as client:
         found = list(itertools.islice(client.iter_jobs(status=status, task=task, page_size=min(limit, 200)), limit))
-    if opts.machine(as_json):
-        for job in found:
-            emit(job.raw)
-    else:
-        Console().print(jobs_table(found))
+    print_items(opts.machine(as_json), found, jobs_table)
 
 
 @app.command("show")
