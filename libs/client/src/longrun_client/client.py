@@ -13,9 +13,11 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import httpx
 
-from . import ops
+import longrun_client.ops as ops
+
 from .config import Config
 from .errors import ConnectionFailed, from_response
+from .follow import follow
 from .models import DeadLetter, Event, Job, Page
 from .ops import Call
 from .retry import RetryPolicy
@@ -241,8 +243,6 @@ class AsyncClient(_Base):
 
     def follow(self, job_id: str, *, since: int | None = None,
                transports: tuple[str, ...] = ("ws", "sse", "poll")) -> AsyncIterator[Event]:
-        from .follow import follow  # the stream transports load only when a job is followed
-
         return follow(self, job_id, since=since, transports=transports)
 
 

@@ -18,7 +18,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import httpx
@@ -28,9 +28,18 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from .errors import ApiError, LongrunError, Unauthorized, from_close, from_response
 from .models import Event, Job
+from .retry import RetryPolicy
 
-if TYPE_CHECKING:
-    from .client import AsyncClient
+
+class AsyncClient(Protocol):
+    """What following needs of `client.AsyncClient` (a protocol, so the two modules do not import each other)."""
+
+    http: httpx.AsyncClient
+    hub_url: str | None
+    reconnect_window: float
+    retry: RetryPolicy
+
+    async def get(self, job_id: str, *, wait: float | None = None, after_seq: int | None = None) -> Job: ...
 
 TRANSPORTS = ("ws", "sse", "poll")
 POLL_WAIT = 20.0

@@ -15,9 +15,12 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+import longrun_client.cli.admin as admin
+import longrun_client.cli.dead_letters as dead_letters
+import longrun_client.cli.jobs as jobs
+
 from ..client import AsyncClient
 from ..models import Job
-from . import admin, dead_letters, jobs
 from .common import (
     EXIT_CODES_HELP,
     EXIT_DETACHED,
