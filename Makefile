@@ -31,7 +31,7 @@ ARGS ?=
 QUEUES ?=
 PYTEST_ARGS ?=
 
-MYPY_TARGETS := libs/common/src $(wildcard services/*/src) tests/chart tests/k8s tests/rehearsal
+MYPY_TARGETS := libs/common/src libs/client/src $(wildcard services/*/src) tests/chart tests/k8s tests/rehearsal
 
 .PHONY: help up down gateway hub worker flower test lint bench install sync uv redis migrate browsers \
 	prometheus test-services clean distclean \

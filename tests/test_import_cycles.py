@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.servers import repo_root
 
-PACKAGES = ("libs/common/src/longrun_common", "services/gateway/src/longrun_gateway",
+PACKAGES = ("libs/common/src/longrun_common", "libs/client/src/longrun_client", "services/gateway/src/longrun_gateway",
             "services/progress-hub/src/longrun_hub", "services/worker/src/longrun_worker")
 
 

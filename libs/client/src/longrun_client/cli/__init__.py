@@ -1,0 +1,5 @@
+"""The `longrun` command (typer + rich)."""
+
+from .app import app, main
+
+__all__ = ["app", "main"]
