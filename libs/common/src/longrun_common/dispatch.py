@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 from celery import Celery
 
+from .fairness import DELAYED, Scheduler, Spec
 from .keys import Keys
 from .models import Job
 
@@ -15,24 +19,88 @@ PRIORITY_SEPARATOR = "\x06\x16"
 URGENT = 9
 
 
-def send_job(celery: Celery, keys: Keys, job: Job, *, countdown: float | None = None, urgent: bool = False) -> None:
-    """Publish the message that runs `job.attempt` of `job` (by task name: no worker code imported).
+# The fair scheduler of each Celery app that has one (celery_app.create_celery attaches it; an app without one,
+# or LONGRUN_FAIR_WINDOW=0, sends every message straight to the queue: plain FIFO).
+_SCHEDULERS: weakref.WeakKeyDictionary[Celery, Scheduler] = weakref.WeakKeyDictionary()
+
+
+def attach_scheduler(celery: Celery, scheduler: Scheduler | None) -> None:
+    if scheduler is None:
+        _SCHEDULERS.pop(celery, None)
+    else:
+        _SCHEDULERS[celery] = scheduler
+
+
+def scheduler_for(celery: Celery) -> Scheduler | None:
+    return _SCHEDULERS.get(celery)
+
+
+def is_delayed(job: Job, now: datetime | None = None) -> bool:
+    """The job waits in SQL for its `run_at` (maintenance releases it on time: delayed.py)."""
+    if job.run_at is None:
+        return False
+    run_at = job.run_at if job.run_at.tzinfo else job.run_at.replace(tzinfo=UTC)  # SQLite: naive, written as UTC
+    return run_at > (now or datetime.now(UTC))
+
+
+def send_job(celery: Celery, keys: Keys, job: Job, *, countdown: float | None = None,
+             urgent: bool = False) -> str | None:
+    """Send the job's message, or hold it: returns why it is held (`queued_reason`), None once it is on the queue.
+
+    A delayed job stays in SQL until its run_at. Otherwise, with a fair scheduler, the job joins its tenant's
+    pending set and the dispatcher publishes whatever may go now (fairness.py); an `urgent` job (recovered from
+    a dead worker) or a retry with a countdown goes straight to the queue, as without one.
+    """
+    if is_delayed(job):
+        return DELAYED
+    scheduler = scheduler_for(celery)
+    spec = Spec(job.id, job.tenant, job.task, job.queue, job.attempt, job.priority, job.soft_time_limit,
+                job.time_limit)
+    if scheduler is None or urgent or countdown:
+        publish(celery, keys, spec, countdown=countdown, urgent=urgent)
+        return None
+    reason, ready = scheduler.enqueue(spec)
+    _publish_all(celery, keys, scheduler, job.queue, ready)
+    return reason
+
+
+def dispatch_queue(celery: Celery, keys: Keys, queue: str, ended: Iterable[str] = ()) -> int:
+    """Release the jobs whose attempt `ended` and publish what the fair dispatcher lets go now (a worker
+    starting or finishing a task, maintenance's backstop). Returns how many messages were published."""
+    scheduler = scheduler_for(celery)
+    if scheduler is None:
+        return 0
+    ready = scheduler.dispatch(queue, ended)
+    _publish_all(celery, keys, scheduler, queue, ready)
+    return len(ready)
+
+
+def _publish_all(celery: Celery, keys: Keys, scheduler: Scheduler, queue: str, specs: list[Spec]) -> None:
+    try:
+        for spec in specs:
+            publish(celery, keys, spec)
+    finally:
+        scheduler.published(queue, len(specs))
+
+
+def publish(celery: Celery, keys: Keys, spec: Spec, *, countdown: float | None = None, urgent: bool = False) -> None:
+    """Publish the message that runs `spec.attempt` of job `spec.id` (by task name: no worker code imported).
 
     The message carries only the job id and the attempt: the SQL row is the system of record for args,
     and the attempt number lets a worker drop a message that a newer attempt has superseded. `urgent` puts a
     recovered job (its worker died, its message was lost) ahead of the queue it had already waited through.
     """
-    options: dict[str, Any] = {"queue": keys.queue(job.queue), "task_id": f"{job.id}.{job.attempt}"}
+    options: dict[str, Any] = {"queue": keys.queue(spec.queue), "task_id": f"{spec.id}.{spec.attempt}"}
     # The API's priority runs 0 (normal) … 9 (most urgent); kombu's Redis transport serves 0 first, and files a
     # message without a priority under 0, so every message states its priority.
-    options["priority"] = 9 - (URGENT if urgent else max(0, min(9, job.priority)))
-    if job.soft_time_limit:
-        options["soft_time_limit"] = job.soft_time_limit
-    if job.time_limit:
-        options["time_limit"] = job.time_limit
+    options["priority"] = 9 - (URGENT if urgent else max(0, min(9, spec.priority)))
+    if spec.soft_time_limit:
+        options["soft_time_limit"] = spec.soft_time_limit
+    if spec.time_limit:
+        options["time_limit"] = spec.time_limit
     if countdown:
         options["countdown"] = countdown
-    celery.send_task(job.task, kwargs={"job_id": job.id, "attempt": job.attempt}, **options)
+    celery.send_task(spec.task, kwargs={"job_id": spec.id, "attempt": spec.attempt}, **options)
 
 
 def announce_attempt_end(celery: Celery, *, task_id: str, hostname: str, error_type: str, message: str,
@@ -48,11 +116,12 @@ def announce_attempt_end(celery: Celery, *, task_id: str, hostname: str, error_t
                         traceback=f"recorded by the Longrun reaper: {exception}")
 
 
-def queue_depth(client: redis.Redis[bytes], keys: Keys, queue: str) -> int:
-    """Messages waiting in a Longrun queue, over all its priority levels."""
+def queue_depth(client: redis.Redis[bytes], keys: Keys, queue: str, scheduler: Scheduler | None = None) -> int:
+    """Messages waiting in a Longrun queue, over all its priority levels, plus the jobs `scheduler` holds for it."""
     base = f"{keys.prefix}:celery:{keys.queue(queue)}"
     pipe = client.pipeline(transaction=False)
     pipe.llen(base)
     for level in range(1, 10):
         pipe.llen(f"{base}{PRIORITY_SEPARATOR}{level}")
-    return sum(int(n) for n in pipe.execute())
+    held = scheduler.held(queue) if scheduler is not None else 0
+    return sum(int(n) for n in pipe.execute()) + held

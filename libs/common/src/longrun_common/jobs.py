@@ -21,6 +21,7 @@ from . import telemetry
 from .catalog import TaskPolicy
 from .dispatch import send_job
 from .events import JobError, Progress, now
+from .fairness import DELAYED
 from .keys import Keys
 from .models import Attempt, DeadLetter, IdempotencyKey, Job, TaskRecord, utcnow
 from .publisher import LEASE_DROP, EventSpec, Published, Publisher
@@ -142,10 +143,24 @@ class JobStore:
                       seq_floor=sql_floor(job.seq)),
         )
         if self.celery is not None:
-            send_job(self.celery, self.keys, job, urgent=urgent)
-            # Marks the message as sent: the reconciler resends a queued job whose send never happened.
-            self.redis.hset(self.keys.job(job.id), "dispatched", str(job.attempt))
+            self.dispatch(job, urgent=urgent)
         return published
+
+    def dispatch(self, job: Job, *, urgent: bool = False) -> None:
+        """Send (or hold) the job's message and mark it in the job's hash: `dispatched` (the reconciler resends
+        a queued job whose send never happened) and `queued_reason` while the fair scheduler holds it."""
+        assert self.celery is not None
+        reason = send_job(self.celery, self.keys, job, urgent=urgent)
+        if reason == DELAYED:
+            return  # not sent: maintenance releases it at run_at (delayed.py), and marks it then
+        key = self.keys.job(job.id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, "dispatched", str(job.attempt))
+        if reason is None:
+            pipe.hdel(key, "queued_reason")
+        else:
+            pipe.hset(key, "queued_reason", reason)
+        pipe.execute()
 
     # --- cancellation -----------------------------------------------------------------------------------
 

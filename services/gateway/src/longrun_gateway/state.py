@@ -79,7 +79,7 @@ class Gateway:
             store=store,
             catalog=TaskCatalog(engine),
             live=LiveEvents(listen_client, keys),
-            limiter=SubmitLimiter(async_client, keys, settings.tenant_rate_limit),
+            limiter=SubmitLimiter(async_client, keys, settings.tenant_rate_limit, settings.tenant_rates()),
             metrics=metrics,
             auth=Authenticator(settings, engine),
         )
