@@ -7,7 +7,7 @@ between them leaves SQL ahead of Redis, which the reconciler repairs; never the 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -143,16 +143,16 @@ class JobStore:
                       seq_floor=sql_floor(job.seq)),
         )
         if self.celery is not None:
-            self.dispatch(job, urgent=urgent)
+            published = replace(published, queued_reason=self.dispatch(job, urgent=urgent))
         return published
 
-    def dispatch(self, job: Job, *, urgent: bool = False) -> None:
+    def dispatch(self, job: Job, *, urgent: bool = False) -> str | None:
         """Send (or hold) the job's message and mark it in the job's hash: `dispatched` (the reconciler resends
         a queued job whose send never happened) and `queued_reason` while the fair scheduler holds it."""
         assert self.celery is not None
         reason = send_job(self.celery, self.keys, job, urgent=urgent)
         if reason == DELAYED:
-            return  # not sent: maintenance releases it at run_at (delayed.py), and marks it then
+            return reason  # not sent: maintenance releases it at run_at (held.py), and marks it then
         key = self.keys.job(job.id)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(key, "dispatched", str(job.attempt))
@@ -161,6 +161,7 @@ class JobStore:
         else:
             pipe.hset(key, "queued_reason", reason)
         pipe.execute()
+        return reason
 
     # --- cancellation -----------------------------------------------------------------------------------
 

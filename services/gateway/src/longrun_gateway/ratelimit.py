@@ -10,6 +10,7 @@ SQL, as a submit always is while Redis is down.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping
@@ -67,9 +68,7 @@ class SubmitLimiter:
         rate = self.rate_of(tenant)
         if self._script is None or rate <= 0:
             return None
-        interval = 1.0 / rate
-        tolerance = interval * (max(1.0, rate) - 1.0)  # a burst of one second's worth
-        wait = await self._script(keys=[self.key(tenant)], args=[repr(interval), repr(tolerance)])
+        wait = await self._script(keys=[self.key(tenant)], args=_gcra_args(rate))
         seconds = float(wait.decode() if isinstance(wait, bytes) else wait)
         return seconds if seconds > 0 else None
 
@@ -90,3 +89,10 @@ class SubmitLimiter:
             details={"limit": limit, "retry_after": round(wait, 3)},
             headers={"Retry-After": str(max(1, math.ceil(wait)))},
         )
+
+
+@functools.cache
+def _gcra_args(rate: float) -> list[str]:
+    """The script's arguments for a rate: seconds per submission, and a burst of one second's worth."""
+    interval = 1.0 / rate
+    return [repr(interval), repr(interval * (max(1.0, rate) - 1.0))]

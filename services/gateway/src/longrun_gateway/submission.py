@@ -78,7 +78,7 @@ class JobRequest(BaseModel):
 
     run_at: str | None = Field(None, max_length=64, description="ISO 8601 time with a timezone: start no earlier "
                                "than this (at most a year ahead); not with delay")
-    delay: float | None = Field(None, description=f"seconds from now to start the job, 0 to {MAX_DELAY:g}; not "
+    delay: float | None = Field(None, description=f"seconds from now to start the job, 0 to {MAX_DELAY:.0f}; not "
                                 "with run_at")
 
     def digest(self) -> str:
@@ -252,7 +252,7 @@ def start_time(request: JobRequest, now: datetime | None = None) -> datetime | N
         raise invalid("delay", "give either run_at or delay, not both", value=request.delay)
     if request.delay is not None:
         if not 0 <= request.delay <= MAX_DELAY:  # NaN fails too
-            raise invalid("delay", f"{request.delay:g} is outside the allowed range of 0 to {MAX_DELAY:g} seconds",
+            raise invalid("delay", f"{request.delay:g} is outside the allowed range of 0 to {MAX_DELAY:.0f} seconds",
                           value=request.delay, minimum=0, maximum=MAX_DELAY)
         at = now + timedelta(seconds=request.delay)
     elif request.run_at is not None:
