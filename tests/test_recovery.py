@@ -19,7 +19,7 @@ from longrun_common.jobs import JobStore
 from longrun_common.models import Job
 from longrun_common.settings import Settings
 from tests.support.fixtures import ServiceFactory
-from tests.support.jobs import close_store, make_store, queued_messages, submit, wait_for
+from tests.support.jobs import close_store, make_store, submit, wait_for, waiting_job_ids
 from tests.support.processes import Service
 from tests.support.servers import RedisServer
 
@@ -132,13 +132,13 @@ def test_requeued_job_goes_ahead_of_a_backlog_restored_after_redis_lost_it(
     services("worker", "--concurrency", "1", env=env)  # works through the backlog
     private.restart()  # no persistence: the queue, the leases and the job hashes are gone
     deadline = time.monotonic() + 30
-    while len(queued_messages(store.redis, store.keys.prefix)) < 8:
+    while len(waiting_job_ids(store.redis, store.keys.prefix)) < 8:
         assert time.monotonic() < deadline, "the reconciler never sent the backlog again"
         time.sleep(0.05)
     killed_at = _kill(doomed)
     _running(store, job.id, 2, timeout=60)
     took = _started_at(store, job.id, 2) - killed_at
-    waiting = len(queued_messages(store.redis, store.keys.prefix))
+    waiting = len(waiting_job_ids(store.redis, store.keys.prefix))
     print(f"running again after {took:.2f}s; {waiting} backlog messages still queued")
     assert took <= BOUND + 1.0, f"kill -> running again took {took:.1f}s (bound {BOUND} s + one 1 s job)"
     assert waiting > 0  # the backlog was still there: the job went ahead of it

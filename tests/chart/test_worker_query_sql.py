@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from sqlalchemy import text
 from sqlmodel import Session
@@ -38,6 +40,15 @@ def test_trigger_query_counts_pods_needed_on_postgresql(postgres_url: str) -> No
             session.add_all([Job(tenant="t", task="demo", queue="low", status="queued") for _ in range(2)])
             session.commit()
             assert session.execute(text(query)).scalar_one() == 4  # ceil(10 / 3)
+            # Jobs the fair scheduler holds back are `queued` in SQL, so they count; a delayed job counts once due.
+            later, past = datetime.now(UTC) + timedelta(hours=1), datetime.now(UTC) - timedelta(seconds=1)
+            session.add_all([Job(tenant="t", task="demo", queue="low", status="queued", run_at=later)] * 1
+                            + [Job(tenant="t", task="demo", queue="low", status="queued", run_at=past)] * 1)
+            session.commit()
+            assert session.execute(text(query)).scalar_one() == 4  # ceil(11 / 3): the delayed job is not counted
+            session.add_all([Job(tenant="t", task="demo", queue="default", status="queued") for _ in range(2)])
+            session.commit()
+            assert session.execute(text(query)).scalar_one() == 5  # ceil(13 / 3)
             session.execute(text("TRUNCATE jobs CASCADE"))
             session.commit()
     finally:

@@ -157,7 +157,7 @@ def test_worker_command_names_queues_concurrency_and_a_unique_node(ci_renders: d
 
 
 QUERY = re.compile(r"^SELECT CEIL\(COUNT\(\*\)::numeric / (\d+)\)::int FROM jobs WHERE queue IN \((.+?)\) "
-                   r"AND status IN \('queued', 'running', 'retrying'\)$")
+                   r"AND status IN \('queued', 'running', 'retrying'\) AND \(run_at IS NULL OR run_at <= now\(\)\)$")
 
 
 def test_trigger_query_names_the_sets_queues_and_concurrency(ci_renders: dict[str, list[Manifest]]) -> None:

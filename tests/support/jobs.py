@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import time
@@ -120,3 +121,12 @@ def queued_messages(client: redis.Redis[bytes], prefix: str, queue: str = "defau
     base = f"{prefix}:celery:{prefix}.{queue}"
     names = [base] + [f"{base}\x06\x16{level}" for level in range(1, 10)]
     return [json.loads(item) for name in names for item in client.lrange(name, 0, -1)]
+
+
+def waiting_job_ids(client: redis.Redis[bytes], prefix: str, queue: str = "default") -> list[str]:
+    """Jobs waiting to run on a Longrun queue: those with a Celery message on it, then those the fair scheduler
+    holds back for it (longrun_common.fairness: only a few messages sit on the queue at a time)."""
+    sent = [json.loads(base64.b64decode(str(m["body"])))[1]["job_id"] for m in queued_messages(client, prefix, queue)]
+    held = [member.decode() for name in client.scan_iter(match=f"{prefix}:fair:{queue}:pending:*")
+            for member in client.zrange(name, 0, -1)]
+    return sent + held

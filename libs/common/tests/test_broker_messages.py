@@ -16,7 +16,7 @@ import redis
 
 from longrun_common.broker import TaskMessages
 from longrun_common.celery_app import create_celery
-from longrun_common.dispatch import _send_task, send_job, send_jobs
+from longrun_common.dispatch import _send_task, _spec, send_job, send_jobs
 from longrun_common.keys import Keys
 from longrun_common.models import Job
 from longrun_common.settings import Settings
@@ -26,7 +26,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def celery(redis_url: str, key_prefix: str) -> Iterator[Any]:
-    app = create_celery(Settings(redis_url=redis_url, key_prefix=key_prefix), name="longrun-gateway")
+    # Without the fair scheduler, so every send publishes at once (the scheduler decides *when*, not *what*).
+    settings = Settings(redis_url=redis_url, key_prefix=key_prefix, fair_window=0)
+    app = create_celery(settings, name="longrun-gateway")
     app.conf.task_send_sent_event = False  # as the gateway runs it
     yield app
     app.close()
@@ -59,7 +61,7 @@ def test_direct_message_equals_send_task(celery: Any, redis_client: redis.Redis,
     job = Job(tenant="t", task="demo.steps", queue=queue, priority=priority, args={"x": 1}, max_attempts=3,
               soft_time_limit=soft, time_limit=hard, attempt=2)
     assert TaskMessages.of(celery) is not None  # a plain redis:// broker: send_job takes the direct path
-    _send_task(celery, keys, job, countdown=None, urgent=urgent)
+    _send_task(celery, keys, _spec(job), countdown=None, urgent=urgent)
     send_job(celery, keys, job, urgent=urgent)
     stored = _stored(redis_client, key_prefix)
     assert len(stored) == 1, stored  # the same list (queue and priority level)
@@ -78,7 +80,7 @@ def test_send_jobs_pipelines_in_order(celery: Any, redis_client: redis.Redis, ke
 
 def test_broker_down_raises_kombu_operational_error(key_prefix: str) -> None:
     # Nothing listens on port 1: the direct path reports the failure as send_task would (kombu's error).
-    app = create_celery(Settings(redis_url="redis://127.0.0.1:1/0", key_prefix=key_prefix), name="down")
+    app = create_celery(Settings(redis_url="redis://127.0.0.1:1/0", key_prefix=key_prefix, fair_window=0), name="down")
     app.conf.task_send_sent_event = False
     job = Job(tenant="t", task="demo.steps", args={}, max_attempts=1)
     try:

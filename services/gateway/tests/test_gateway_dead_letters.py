@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 from longrun_common.events import JobError
 from longrun_common.models import DeadLetter
 from longrun_common.states import JobStatus
-from tests.support.jobs import queued_messages
+from tests.support.jobs import waiting_job_ids
 
 pytestmark = pytest.mark.integration
 
@@ -90,13 +90,13 @@ async def test_get_and_tenant_isolation(client: httpx.AsyncClient) -> None:
 async def test_requeue_one(client: httpx.AsyncClient, redis_client: redis.Redis, key_prefix: str) -> None:
     job_id = await fail(client)
     [letter] = (await letters(client))["items"]  # type: ignore[misc]
-    before = len(queued_messages(redis_client, key_prefix))
+    before = len(waiting_job_ids(redis_client, key_prefix))
     response = await client.post(f"/v1/dead-letters/{letter['id']}/requeue", headers=DEV)
     assert response.status_code == 202, response.text
     job = response.json()
     assert job["id"] == job_id and job["status"] == "queued" and job["attempt"] == 2
     assert job["max_attempts"] == 5 and job["error"] is None  # a fresh budget of the policy's 4 attempts
-    assert len(queued_messages(redis_client, key_prefix)) == before + 1  # a new message for attempt 2
+    assert len(waiting_job_ids(redis_client, key_prefix)) == before + 1  # a new message for attempt 2
     assert (await client.get(f"/v1/dead-letters/{letter['id']}", headers=DEV)).status_code == 404
     again = await client.post(f"/v1/dead-letters/{letter['id']}/requeue", headers=DEV)
     assert again.status_code == 404

@@ -21,7 +21,7 @@ from longrun_common.settings import Settings
 from longrun_common.states import JobStatus
 from longrun_gateway import __main__ as entry
 from tests.support.fixtures import ServiceFactory
-from tests.support.jobs import queued_messages
+from tests.support.jobs import queued_messages, waiting_job_ids
 
 pytestmark = pytest.mark.integration
 
@@ -102,7 +102,7 @@ async def test_workers_share_the_port_and_their_metrics(
         assert submitted < 200, "every request went to one worker"
         assert await asyncio.gather(*(submit_on_new_connection() for _ in range(10))) == [202] * 10
         submitted += 10
-    assert len(queued_messages(redis_client, key_prefix)) == submitted
+    assert len(waiting_job_ids(redis_client, key_prefix)) == submitted
     for _ in range(6):  # new connections: the scrapes land on either worker
         async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
             text = (await client.get("/metrics")).text

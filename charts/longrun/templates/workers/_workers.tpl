@@ -42,12 +42,14 @@ longrun.dev/worker-set: {{ (index . 1).name }}
 
 {{/* The scaler's query: pods needed = ceil((queued + running) / concurrency) for the set's queues. Counting
      running jobs keeps busy pods; counting in SQL sees jobs that Redis-list length cannot (prefetched,
-     priority lists, retry countdowns held by a worker). Queue names are schema-checked ([A-Za-z0-9_.-]). */}}
+     priority lists, retry countdowns held by a worker, jobs the fair scheduler holds back, which stay `queued`).
+     A delayed job (run_at still ahead) is not counted: no pod could run it yet. Queue names are schema-checked
+     ([A-Za-z0-9_.-]). */}}
 {{- define "longrun.worker.query" -}}
 {{- $set := index . 1 }}
 {{- $quoted := list }}
 {{- range $set.queues }}
 {{- $quoted = append $quoted (printf "'%s'" .) }}
 {{- end }}
-{{- printf "SELECT CEIL(COUNT(*)::numeric / %d)::int FROM jobs WHERE queue IN (%s) AND status IN ('queued', 'running', 'retrying')" (int $set.concurrency) (join ", " $quoted) }}
+{{- printf "SELECT CEIL(COUNT(*)::numeric / %d)::int FROM jobs WHERE queue IN (%s) AND status IN ('queued', 'running', 'retrying') AND (run_at IS NULL OR run_at <= now())" (int $set.concurrency) (join ", " $quoted) }}
 {{- end }}

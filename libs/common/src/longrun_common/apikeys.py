@@ -24,7 +24,8 @@ from sqlalchemy import CursorResult, Engine, update
 from sqlmodel import Session, col, select
 
 from .models import ApiKey, utcnow
-from .settings import TENANT_NAME, Settings
+from .settings import Settings
+from .tenantlimits import TENANT_NAME
 from .views import iso
 
 PREFIX = "lr"

@@ -5,8 +5,11 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
+from .broker import PRIORITY_SEPARATOR
+from .dispatch import attach_scheduler
+from .fairness import Scheduler
 from .keys import Keys
-from .redis_clients import CONNECT_TIMEOUT
+from .redis_clients import CONNECT_TIMEOUT, sync_redis
 from .sentinel import kombu_broker
 from .settings import Settings
 
@@ -52,6 +55,11 @@ def create_celery(settings: Settings, *, name: str = "longrun") -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
         broker_channel_error_retry=True,
     )
+    if settings.fair_window > 0:  # every job then goes through the fair dispatcher (dispatch.send_job)
+        attach_scheduler(app, Scheduler(
+            sync_redis(settings.celery_broker_url), keys, settings.fair_window, settings.tenant_concurrency,
+            settings.tenant_concurrency_limits(), PRIORITY_SEPARATOR,
+        ))
     return app
 
 

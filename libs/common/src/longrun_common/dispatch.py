@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -10,14 +12,110 @@ from celery import Celery
 
 from . import telemetry
 from .broker import PRIORITY_SEPARATOR, Message, TaskMessages
+from .fairness import DELAYED, Scheduler, Spec
 from .keys import Keys
 from .models import Job
 
 URGENT = 9
 
 
-def send_job(celery: Celery, keys: Keys, job: Job, *, countdown: float | None = None, urgent: bool = False) -> None:
-    """Publish the message that runs `job.attempt` of `job` (by task name: no worker code imported).
+# The fair scheduler of each Celery app that has one (celery_app.create_celery attaches it; an app without one,
+# or LONGRUN_FAIR_WINDOW=0, sends every message straight to the queue: plain FIFO).
+_SCHEDULERS: weakref.WeakKeyDictionary[Celery, Scheduler] = weakref.WeakKeyDictionary()
+
+
+def attach_scheduler(celery: Celery, scheduler: Scheduler | None) -> None:
+    if scheduler is None:
+        _SCHEDULERS.pop(celery, None)
+    else:
+        _SCHEDULERS[celery] = scheduler
+
+
+def scheduler_for(celery: Celery) -> Scheduler | None:
+    return _SCHEDULERS.get(celery)
+
+
+def is_delayed(job: Job, now: datetime | None = None) -> bool:
+    """The job waits in SQL for its `run_at` (maintenance releases it on time: delayed.py)."""
+    if job.run_at is None:
+        return False
+    run_at = job.run_at if job.run_at.tzinfo else job.run_at.replace(tzinfo=UTC)  # SQLite: naive, written as UTC
+    return run_at > (now or datetime.now(UTC))
+
+
+def send_job(celery: Celery, keys: Keys, job: Job, *, countdown: float | None = None,
+             urgent: bool = False) -> str | None:
+    """Send the job's message, or hold it: returns why it is held (`queued_reason`), None once it is on the queue.
+
+    A delayed job stays in SQL until its run_at. Otherwise, with a fair scheduler, the job joins its tenant's
+    pending set and the dispatcher publishes whatever may go now (fairness.py); an `urgent` job (recovered from
+    a dead worker) or a retry with a countdown goes straight to the queue, as without one.
+    Raises kombu's OperationalError when the broker cannot be reached.
+    """
+    if is_delayed(job):
+        return DELAYED
+    scheduler = scheduler_for(celery)
+    if scheduler is None or urgent or countdown:
+        publish(celery, keys, [_spec(job)], countdown=countdown, urgent=urgent)
+        return None
+    reason, ready = scheduler.enqueue(_spec(job))
+    _publish_released(celery, keys, scheduler, job.queue, ready)
+    return reason
+
+
+def send_jobs(celery: Celery, keys: Keys, jobs: Sequence[Job]) -> list[str | None]:
+    """`send_job` for many jobs (a batch submit), in order: each job's `queued_reason`, as `send_job` returns it.
+
+    Without a fair scheduler the messages go in one pipelined round trip where the broker allows; with one, each
+    job joins its tenant's pending set (one script call each) and what the dispatcher releases is published.
+    On a broker failure some leading messages may have been sent; the caller cannot tell which.
+    """
+    scheduler = scheduler_for(celery)
+    reasons: list[str | None] = []
+    direct: list[Spec] = []
+    for job in jobs:
+        if is_delayed(job):
+            reasons.append(DELAYED)
+        elif scheduler is None:
+            direct.append(_spec(job))
+            reasons.append(None)
+        else:
+            reason, ready = scheduler.enqueue(_spec(job))
+            _publish_released(celery, keys, scheduler, job.queue, ready)
+            reasons.append(reason)
+    if direct:
+        publish(celery, keys, direct)
+    return reasons
+
+
+def dispatch_queue(celery: Celery, keys: Keys, queue: str, ended: Iterable[str] = ()) -> int:
+    """Release the jobs whose attempt `ended` and publish what the fair dispatcher lets go now (a worker
+    starting or finishing a task, maintenance's backstop). Returns how many messages were published."""
+    scheduler = scheduler_for(celery)
+    if scheduler is None:
+        return 0
+    ready = scheduler.dispatch(queue, ended)
+    _publish_released(celery, keys, scheduler, queue, ready)
+    return len(ready)
+
+
+def _spec(job: Job) -> Spec:
+    return Spec(job.id, job.tenant, job.task, job.queue, job.attempt, job.priority, job.soft_time_limit,
+                job.time_limit)
+
+
+def _publish_released(celery: Celery, keys: Keys, scheduler: Scheduler, queue: str, specs: list[Spec]) -> None:
+    try:
+        if specs:
+            publish(celery, keys, specs)
+    finally:
+        scheduler.published(queue, len(specs))
+
+
+def publish(celery: Celery, keys: Keys, specs: Sequence[Spec], *, countdown: float | None = None,
+            urgent: bool = False) -> None:
+    """Publish the messages that run `spec.attempt` of job `spec.id` (by task name: no worker code imported),
+    in order, pipelined in one round trip on the direct path.
 
     The message carries only the job id and the attempt: the SQL row is the system of record for args,
     and the attempt number lets a worker drop a message that a newer attempt has superseded. `urgent` puts a
@@ -25,22 +123,14 @@ def send_job(celery: Celery, keys: Keys, job: Job, *, countdown: float | None = 
     Raises kombu's OperationalError when the broker cannot be reached.
     """
     sender = None if countdown else _direct(celery)
-    if sender is None:
-        _send_task(celery, keys, job, countdown=countdown, urgent=urgent)
+    if sender is not None:
+        sender.publish([_message(keys, spec, urgent) for spec in specs])
+    elif len(specs) == 1:
+        _send_task(celery, keys, specs[0], countdown=countdown, urgent=urgent)
     else:
-        sender.publish([_message(keys, job, urgent)])
-
-
-def send_jobs(celery: Celery, keys: Keys, jobs: Sequence[Job]) -> None:
-    """`send_job` for many jobs, in order, pipelined in one round trip where the broker allows (a batch
-    submit). On a broker failure some leading messages may have been sent; the caller cannot tell which."""
-    sender = _direct(celery)
-    if sender is None:
         with celery.producer_or_acquire() as producer, producer.batch():  # kombu pipelines the LPUSHes
-            for job in jobs:
-                celery.send_task(job.task, kwargs=_kwargs(job), producer=producer, **_options(keys, job))
-        return
-    sender.publish([_message(keys, job, False) for job in jobs])
+            for spec in specs:
+                celery.send_task(spec.task, kwargs=_kwargs(spec), producer=producer, **_options(keys, spec, urgent))
 
 
 def _direct(celery: Celery) -> TaskMessages | None:
@@ -50,36 +140,36 @@ def _direct(celery: Celery) -> TaskMessages | None:
     return TaskMessages.of(celery)
 
 
-def _priority(job: Job, urgent: bool) -> int:
+def _priority(spec: Spec, urgent: bool) -> int:
     # The API's priority runs 0 (normal) … 9 (most urgent); kombu's Redis transport serves 0 first, and files a
     # message without a priority under 0, so every message states its priority.
-    return 9 - (URGENT if urgent else max(0, min(9, job.priority)))
+    return 9 - (URGENT if urgent else max(0, min(9, spec.priority)))
 
 
-def _kwargs(job: Job) -> dict[str, Any]:
-    return {"job_id": job.id, "attempt": job.attempt}
+def _kwargs(spec: Spec) -> dict[str, Any]:
+    return {"job_id": spec.id, "attempt": spec.attempt}
 
 
-def _message(keys: Keys, job: Job, urgent: bool) -> Message:
-    return Message(job.task, f"{job.id}.{job.attempt}", keys.queue(job.queue), _priority(job, urgent), _kwargs(job),
-                   soft_time_limit=job.soft_time_limit or None, time_limit=job.time_limit or None)
+def _message(keys: Keys, spec: Spec, urgent: bool) -> Message:
+    return Message(spec.task, f"{spec.id}.{spec.attempt}", keys.queue(spec.queue), _priority(spec, urgent),
+                   _kwargs(spec), soft_time_limit=spec.soft_time_limit or None, time_limit=spec.time_limit or None)
 
 
-def _options(keys: Keys, job: Job, urgent: bool = False) -> dict[str, Any]:
-    options: dict[str, Any] = {"queue": keys.queue(job.queue), "task_id": f"{job.id}.{job.attempt}",
-                               "priority": _priority(job, urgent)}
-    if job.soft_time_limit:
-        options["soft_time_limit"] = job.soft_time_limit
-    if job.time_limit:
-        options["time_limit"] = job.time_limit
+def _options(keys: Keys, spec: Spec, urgent: bool = False) -> dict[str, Any]:
+    options: dict[str, Any] = {"queue": keys.queue(spec.queue), "task_id": f"{spec.id}.{spec.attempt}",
+                               "priority": _priority(spec, urgent)}
+    if spec.soft_time_limit:
+        options["soft_time_limit"] = spec.soft_time_limit
+    if spec.time_limit:
+        options["time_limit"] = spec.time_limit
     return options
 
 
-def _send_task(celery: Celery, keys: Keys, job: Job, *, countdown: float | None, urgent: bool) -> None:
-    options = _options(keys, job, urgent)
+def _send_task(celery: Celery, keys: Keys, spec: Spec, *, countdown: float | None, urgent: bool) -> None:
+    options = _options(keys, spec, urgent)
     if countdown:
         options["countdown"] = countdown
-    celery.send_task(job.task, kwargs=_kwargs(job), **options)
+    celery.send_task(spec.task, kwargs=_kwargs(spec), **options)
 
 
 def announce_attempt_end(celery: Celery, *, task_id: str, hostname: str, error_type: str, message: str,
@@ -95,11 +185,12 @@ def announce_attempt_end(celery: Celery, *, task_id: str, hostname: str, error_t
                         traceback=f"recorded by the Longrun reaper: {exception}")
 
 
-def queue_depth(client: redis.Redis[bytes], keys: Keys, queue: str) -> int:
-    """Messages waiting in a Longrun queue, over all its priority levels."""
+def queue_depth(client: redis.Redis[bytes], keys: Keys, queue: str, scheduler: Scheduler | None = None) -> int:
+    """Messages waiting in a Longrun queue, over all its priority levels, plus the jobs `scheduler` holds for it."""
     base = f"{keys.prefix}:celery:{keys.queue(queue)}"
     pipe = client.pipeline(transaction=False)
     pipe.llen(base)
     for level in range(1, 10):
         pipe.llen(f"{base}{PRIORITY_SEPARATOR}{level}")
-    return sum(int(n) for n in pipe.execute())
+    held = scheduler.held(queue) if scheduler is not None else 0
+    return sum(int(n) for n in pipe.execute()) + held

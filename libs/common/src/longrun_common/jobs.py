@@ -7,13 +7,14 @@ between them leaves SQL ahead of Redis, which the reconciler repairs; never the 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import kombu.exceptions
 import redis
 from celery import Celery
+from redis.client import Pipeline
 from sqlalchemy import Engine, Table, func, insert, inspect, update
 from sqlmodel import Session, col, delete, select
 
@@ -21,6 +22,7 @@ from . import telemetry
 from .catalog import TaskPolicy
 from .dispatch import send_job, send_jobs
 from .events import JobError, Progress, now
+from .fairness import DELAYED
 from .keys import Keys
 from .models import Attempt, DeadLetter, IdempotencyKey, Job, TaskRecord, utcnow
 from .publisher import LEASE_DROP, EventSpec, Published, Publisher
@@ -133,14 +135,17 @@ class JobStore:
         if self.celery is None:
             return published
         try:
-            send_jobs(self.celery, self.keys, jobs)
+            reasons = send_jobs(self.celery, self.keys, jobs)
             pipe = self.redis.pipeline(transaction=False)
-            for job in jobs:
-                pipe.hset(self.keys.job(job.id), "dispatched", str(job.attempt))
+            for job, reason in zip(jobs, reasons, strict=True):
+                if reason != DELAYED:  # a delayed job is marked when maintenance releases it (held.py)
+                    self._mark_dispatched(pipe, job, reason)
             pipe.execute()
         except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
             log.warning("%d jobs accepted but their messages not all sent (%s); the reconciler will", len(jobs), exc)
-        return published
+            return published
+        return [None if p is None else replace(p, queued_reason=reason)
+                for p, reason in zip(published, reasons, strict=True)]
 
     def _status_event(self, job: Job) -> EventSpec:
         """The event stating a waiting job's current (queued/retrying) status, with its creation fields."""
@@ -152,10 +157,28 @@ class JobStore:
         after Redis lost the job."""
         published = self.publisher.publish(self.redis, self._status_event(job))
         if self.celery is not None:
-            send_job(self.celery, self.keys, job, urgent=urgent)
-            # Marks the message as sent: the reconciler resends a queued job whose send never happened.
-            self.redis.hset(self.keys.job(job.id), "dispatched", str(job.attempt))
+            published = replace(published, queued_reason=self.dispatch(job, urgent=urgent))
         return published
+
+    def dispatch(self, job: Job, *, urgent: bool = False) -> str | None:
+        """Send (or hold) the job's message and mark it in the job's hash: `dispatched` (the reconciler resends
+        a queued job whose send never happened) and `queued_reason` while the fair scheduler holds it."""
+        assert self.celery is not None
+        reason = send_job(self.celery, self.keys, job, urgent=urgent)
+        if reason == DELAYED:
+            return reason  # not sent: maintenance releases it at run_at (held.py), and marks it then
+        pipe = self.redis.pipeline(transaction=False)
+        self._mark_dispatched(pipe, job, reason)
+        pipe.execute()
+        return reason
+
+    def _mark_dispatched(self, pipe: Pipeline[bytes], job: Job, reason: str | None) -> None:
+        key = self.keys.job(job.id)
+        pipe.hset(key, "dispatched", str(job.attempt))
+        if reason is None:
+            pipe.hdel(key, "queued_reason")
+        else:
+            pipe.hset(key, "queued_reason", reason)
 
     # --- cancellation -----------------------------------------------------------------------------------
 

@@ -19,8 +19,9 @@ from typing import cast
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
+from . import held
 from .catalog import TaskPolicy
-from .dispatch import announce_attempt_end, queue_depth, send_job
+from .dispatch import announce_attempt_end, is_delayed, queue_depth, scheduler_for, send_job
 from .events import JobError
 from .jobs import JobStore, creation_fields, sql_floor
 from .models import Attempt, Job, TaskRecord
@@ -102,13 +103,16 @@ class Maintenance:
         lead = self._lead()
         if not lead:
             return
+        held.release_delayed(self.store)  # first: a delayed job is released on time (± one tick)
         self.reap_expired_leases()
         self.force_cancels()
+        held.dispatch_all(self.store)
         # A new leader reconciles at once: the lock is new after Redis lost every key (leases included), and the
         # short lease a lost one gets back (lost_lease_grace) should start then, not a reconcile period later.
         if lead == 2 or time.monotonic() - self._last_reconcile >= max(2.0, self.settings.reaper_interval * 3):
             self._last_reconcile = time.monotonic()
             self.reconcile()
+            held.recount(self.store)
 
     # --- leases ---------------------------------------------------------------------------------------
 
@@ -211,7 +215,8 @@ class Maintenance:
         for job in jobs:
             pipe.hmget(self.store.keys.job(job.id), ["attempt", "tenant", "dispatched", "claim"])
         hashes = [_JobHash(*(None if v is None else v.decode() for v in values)) for values in pipe.execute()]
-        empty = {q for q in {j.queue for j in jobs} if queue_depth(self.broker, self.store.keys, q) == 0}
+        scheduler = scheduler_for(self.store.celery) if self.store.celery is not None else None
+        empty = {q for q in {j.queue for j in jobs} if queue_depth(self.broker, self.store.keys, q, scheduler) == 0}
         settled_before = datetime.now(UTC) - timedelta(seconds=2)  # the gateway publishes right after its commit
         # Running jobs first: restoring a lost lease is one command, and after Redis lost every key the waiting
         # jobs may be hundreds of re-announcements that would hold back the reaping of dead workers' jobs.
@@ -260,8 +265,8 @@ class Maintenance:
             # urgent they would queue ahead of the jobs the reaper requeues from workers that die afterwards.
             log.warning("job %s (%s) lost from Redis; republishing", job.id, job.status)
             self.store.announce(job, urgent=job.status == JobStatus.RETRYING.value)
-        elif celery is None:
-            return
+        elif celery is None or is_delayed(job):
+            return  # a delayed job waits in SQL until held.release_delayed sends it
         elif job.status == JobStatus.RETRYING.value:
             due = _aware(job.next_retry_at) if job.next_retry_at else None
             if due and datetime.now(UTC) - due > timedelta(seconds=self.settings.lease_seconds + 5):

@@ -32,6 +32,7 @@ class Job(SQLModel, table=True):
     __table_args__ = (
         Index("ix_jobs_tenant_created", "tenant", "created_at", "id"),
         Index("ix_jobs_status", "status"),
+        Index("ix_jobs_run_at", "run_at"),
     )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
@@ -53,6 +54,8 @@ class Job(SQLModel, table=True):
     worker: str | None = Field(default=None, max_length=255)
     cancel_requested_at: datetime | None = _ts()
     next_retry_at: datetime | None = _ts()
+    # A delayed job waits in SQL until this time (maintenance then releases it and clears it); None = not delayed.
+    run_at: datetime | None = _ts()
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()

@@ -88,6 +88,7 @@ class Published:
     seq: int
     cancel_requested: bool
     drain_requested: bool = False
+    queued_reason: str | None = None  # a submit's: why the fair scheduler holds the job (JobStore.dispatch)
 
     @property
     def fenced(self) -> bool:

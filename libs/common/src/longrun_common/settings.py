@@ -10,10 +10,9 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .strength import weakness
+from .tenantlimits import TENANT_NAME, TenantLimit, parse_tenant_limits
 
 DEV_API_KEYS = "dev:dev-key"
-# Tenant names become folder names (uploads) and key parts, so they are kept plain.
-TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 DEV_TOKEN_SECRET = "longrun-dev-token-secret-change-me-in-production"
 # Queue names become Redis keys, Celery queue names and SQL values (the chart's KEDA query quotes them).
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -63,6 +62,15 @@ class Settings(BaseSettings):
     cancel_grace_seconds: float = Field(10.0, ge=0, description="after this a running job is cancelled by force")
     drain_seconds: float = Field(20.0, ge=0, description="on SIGTERM, running jobs get this long to finish")
     tenant_rate_limit: float = Field(0.0, ge=0, description="submissions per second per tenant, 0 = unlimited")
+    # Fairness between tenants (longrun_common.fairness): jobs wait in per-tenant lists and are moved onto the
+    # Celery queue round robin, a few at a time, so one tenant's backlog never delays another's jobs.
+    fair_window: int = Field(
+        2, ge=0, le=10_000, description="jobs kept ready on each Celery queue by the fair scheduler; 0 = plain FIFO"
+    )
+    tenant_concurrency: int = Field(0, ge=0, description="running jobs at once per tenant, 0 = unlimited")
+    tenant_limits: str = Field(
+        "", description="per-tenant overrides, e.g. `acme:concurrency=5:rate=20,beta:concurrency=2`"
+    )
     # API keys in SQL (longrun_common.apikeys): the hash key, and how long a gateway trusts what it read.
     api_key_pepper: str = Field("", description="keys the stored API-key hashes; empty = derived from token_secret")
     api_key_cache_seconds: float = Field(
@@ -110,6 +118,15 @@ class Settings(BaseSettings):
     def _queues_valid(self) -> Settings:
         """Malformed or inconsistent queue lists fail at start-up, naming the setting to fix."""
         _ = self.consumed_queues
+        return self
+
+    @model_validator(mode="after")
+    def _tenant_limits_valid(self) -> Settings:
+        overrides = self.tenant_overrides  # parse now: a typo stops the process at start with its entry named
+        limited = self.tenant_concurrency > 0 or any(limit.concurrency for limit in overrides.values())
+        if limited and self.fair_window == 0:
+            raise ValueError("LONGRUN_TENANT_CONCURRENCY and concurrency= in LONGRUN_TENANT_LIMITS need the fair "
+                             "scheduler: set LONGRUN_FAIR_WINDOW above 0")
         return self
 
     @model_validator(mode="after")
@@ -169,6 +186,20 @@ class Settings(BaseSettings):
             raise ValueError(f"LONGRUN_WORKER_QUEUES names {', '.join(map(repr, unknown))}, not in LONGRUN_QUEUES "
                              f"({', '.join(self.queue_names)})")
         return chosen or self.queue_names
+
+    @property
+    def tenant_overrides(self) -> dict[str, TenantLimit]:
+        """tenant → its limits from LONGRUN_TENANT_LIMITS (longrun_common.tenantlimits); parsed on each use (a few
+        times per process), so a `model_copy(update=…)` never sees a stale value."""
+        return parse_tenant_limits(self.tenant_limits)
+
+    def tenant_concurrency_limits(self) -> dict[str, int]:
+        """tenant → running jobs at once, for tenants whose limit is not the default."""
+        return {t: lim.concurrency for t, lim in self.tenant_overrides.items() if lim.concurrency is not None}
+
+    def tenant_rates(self) -> dict[str, float]:
+        """tenant → submissions per second, for tenants whose rate is not the default."""
+        return {t: lim.rate for t, lim in self.tenant_overrides.items() if lim.rate is not None}
 
     @property
     def celery_broker_url(self) -> str:

@@ -45,7 +45,20 @@ def job_view(job: Job, snapshot: dict[str, Any] | None = None) -> dict[str, Any]
     }
     if snapshot and snapshot.get("seq", 0) >= job.seq and snapshot.get("attempt", 0) >= job.attempt:
         view.update(snapshot_fields(snapshot))
+    view["run_at"] = iso(job.run_at)
+    view["queued_reason"] = _queued_reason(job, view["status"], snapshot)
     return view
+
+
+def _queued_reason(job: Job, status: str | None, snapshot: dict[str, Any] | None) -> str | None:
+    """Why a queued job is not on the Celery queue yet: "delayed" (SQL's run_at, cleared when released), or what
+    the fair scheduler said when it held the job ("fair_share", "tenant_concurrency_limit")."""
+    if status != "queued":
+        return None
+    if job.run_at is not None:
+        return "delayed"
+    reason = (snapshot or {}).get("queued_reason")
+    return str(reason) if reason else None
 
 
 def snapshot_fields(snapshot: dict[str, Any]) -> dict[str, Any]:

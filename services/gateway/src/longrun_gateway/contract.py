@@ -120,6 +120,10 @@ class JobView(BaseModel):
     updated_at: str | None
     next_retry_at: str | None
     cancel_requested: bool
+    run_at: str | None = Field(None, description="a delayed job's release time; null once released")
+    queued_reason: str | None = Field(
+        None, description="why a queued job waits: delayed, fair_share, tenant_concurrency_limit; else null"
+    )
     stream: StreamLinks
 
 

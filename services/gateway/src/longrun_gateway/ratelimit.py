@@ -1,4 +1,5 @@
-"""Per-tenant submission rate limit (`LONGRUN_TENANT_RATE_LIMIT` submissions per second; 0 = unlimited).
+"""Per-tenant submission rate limit (`LONGRUN_TENANT_RATE_LIMIT` submissions per second, or the tenant's own
+`rate=` in `LONGRUN_TENANT_LIMITS`; 0 = unlimited).
 
 A token bucket holding one second's worth of submissions (at least one), kept in Redis so every gateway
 replica shares it: GCRA, one key per tenant holding the bucket's "theoretical arrival time", checked and
@@ -9,8 +10,10 @@ SQL, as a submit always is while Redis is down.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import redis
@@ -42,23 +45,30 @@ return 0
 
 
 class SubmitLimiter:
-    """`await limiter.check(tenant)`: None when the submission may go ahead, else seconds until it may."""
+    """`await limiter.check(tenant)`: None when the submission may go ahead, else seconds until it may.
 
-    def __init__(self, client: AsyncRedis, keys: Keys, rate: float) -> None:
+    `rate` is every tenant's limit, `overrides` the tenants with their own (LONGRUN_TENANT_LIMITS `rate=`).
+    """
+
+    def __init__(self, client: AsyncRedis, keys: Keys, rate: float, overrides: Mapping[str, float] | None = None
+                 ) -> None:
         self.rate = rate
+        self.overrides = dict(overrides or {})
         self._keys = keys
-        self._script = client.register_script(_GCRA) if rate > 0 else None
-        if rate > 0:
-            self._interval = 1.0 / rate
-            self._tolerance = self._interval * (max(1.0, rate) - 1.0)  # a burst of one second's worth
+        limited = rate > 0 or any(value > 0 for value in self.overrides.values())
+        self._script = client.register_script(_GCRA) if limited else None
 
     def key(self, tenant: str) -> str:
         return f"{self._keys.prefix}:rate:submit:{tenant}"
 
+    def rate_of(self, tenant: str) -> float:
+        return self.overrides.get(tenant, self.rate)
+
     async def check(self, tenant: str) -> float | None:
-        if self._script is None:
+        rate = self.rate_of(tenant)
+        if self._script is None or rate <= 0:
             return None
-        wait = await self._script(keys=[self.key(tenant)], args=[repr(self._interval), repr(self._tolerance)])
+        wait = await self._script(keys=[self.key(tenant)], args=_gcra_args(rate))
         seconds = float(wait.decode() if isinstance(wait, bytes) else wait)
         return seconds if seconds > 0 else None
 
@@ -71,10 +81,18 @@ class SubmitLimiter:
             return
         if wait is None:
             return
-        rate = f"{self.rate:g} job submission{'' if self.rate == 1 else 's'} per second"
+        limit = self.rate_of(tenant)
+        rate = f"{limit:g} job submission{'' if limit == 1 else 's'} per second"
         raise ApiError(
             429,
             f"tenant {tenant!r} is over its limit of {rate}; retry in {wait:.2f}s",
-            details={"limit": self.rate, "retry_after": round(wait, 3)},
+            details={"limit": limit, "retry_after": round(wait, 3)},
             headers={"Retry-After": str(max(1, math.ceil(wait)))},
         )
+
+
+@functools.cache
+def _gcra_args(rate: float) -> list[str]:
+    """The script's arguments for a rate: seconds per submission, and a burst of one second's worth."""
+    interval = 1.0 / rate
+    return [repr(interval), repr(interval * (max(1.0, rate) - 1.0))]

@@ -75,7 +75,7 @@ class Gateway:
             store=store,
             catalog=TaskCatalog(engine),
             live=LiveEvents(settings.redis_url, keys),  # its own connection (longrun_common.pubsub)
-            limiter=SubmitLimiter(async_client, keys, settings.tenant_rate_limit),
+            limiter=SubmitLimiter(async_client, keys, settings.tenant_rate_limit, settings.tenant_rates()),
             metrics=metrics,
             auth=Authenticator(settings, engine),
         )

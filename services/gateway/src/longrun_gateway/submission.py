@@ -43,6 +43,8 @@ _SCHEMA_ERRORS = (SchemaError, re.error, TypeError, ValueError)
 MIN_TIME_LIMIT = 1.0
 # A job's hard limit stays this far below the broker's visibility timeout (see time_limits).
 VISIBILITY_MARGIN = 60.0
+# The furthest a job may be delayed (run_at / delay): a year.
+MAX_DELAY = 365 * 24 * 3600.0
 
 
 class Gateway(Protocol):
@@ -72,6 +74,11 @@ class JobRequest(BaseModel):
                                           "task's max_time_limit, below time_limit")
     time_limit: float | None = Field(None, description=f"seconds; at least {MIN_TIME_LIMIT:g}, at most the task's "
                                      "max_time_limit")
+
+    run_at: str | None = Field(None, max_length=64, description="ISO 8601 time with a timezone: start no earlier "
+                               "than this (at most a year ahead); not with delay")
+    delay: float | None = Field(None, description=f"seconds from now to start the job, 0 to {MAX_DELAY:.0f}; not "
+                                "with run_at")
 
     def digest(self) -> str:
         """sha256 of the canonical JSON of the request (sorted keys, defaults filled in)."""
@@ -247,6 +254,31 @@ def time_limits(
     return soft, hard
 
 
+def start_time(request: JobRequest, now: datetime | None = None) -> datetime | None:
+    """When a delayed job may start (None: at once), from `run_at` or `delay`; 422 for anything unclear."""
+    now = now or utcnow()
+    if request.run_at is not None and request.delay is not None:
+        raise invalid("delay", "give either run_at or delay, not both", value=request.delay)
+    if request.delay is not None:
+        if not 0 <= request.delay <= MAX_DELAY:  # NaN fails too
+            raise invalid("delay", f"{request.delay:g} is outside the allowed range of 0 to {MAX_DELAY:.0f} seconds",
+                          value=request.delay, minimum=0, maximum=MAX_DELAY)
+        at = now + timedelta(seconds=request.delay)
+    elif request.run_at is not None:
+        try:
+            at = datetime.fromisoformat(request.run_at)
+        except ValueError:
+            raise invalid("run_at", "must be an ISO 8601 time such as 2030-01-31T09:00:00Z",
+                          value=request.run_at) from None
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise invalid("run_at", "must carry a timezone (such as Z or +02:00)", value=request.run_at)
+        if at - now > timedelta(seconds=MAX_DELAY):
+            raise invalid("run_at", "must be at most a year from now", value=request.run_at)
+    else:
+        return None
+    return at.astimezone(UTC) if at > now else None  # a time already past: start at once
+
+
 def build_job(gateway: Gateway, tenant: str, request: JobRequest) -> Job:
     """Validate the request against the catalog and build the (unsaved) job row."""
     settings = gateway.settings
@@ -258,7 +290,9 @@ def build_job(gateway: Gateway, tenant: str, request: JobRequest) -> Job:
     queue = request.queue or policy.queue or settings.default_queue  # the job's, else the task's default
     if request.queue is None:
         check_queue(settings, queue, task=request.task)
+    run_at = start_time(request)
     return Job(
+        run_at=run_at,
         tenant=tenant,
         task=request.task,
         queue=queue,

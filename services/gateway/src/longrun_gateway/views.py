@@ -79,7 +79,7 @@ def queued_snapshot(job: Job, published: Published | None) -> dict[str, Any] | N
     if published is None or published.fenced:
         return None
     return {"status": job.status, "seq": published.seq, "attempt": job.attempt, "progress": {},
-            "updated_at": job.updated_at}
+            "updated_at": job.updated_at, "queued_reason": published.queued_reason}
 
 
 def snapshot(gateway: Gateway, job_id: str) -> dict[str, Any] | None:

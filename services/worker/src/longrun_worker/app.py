@@ -16,12 +16,13 @@ from longrun_common import telemetry
 from longrun_common.celery_app import create_celery
 from longrun_common.db import create_db_engine
 from longrun_common.events import JobError
+from longrun_common.keys import Keys
 from longrun_common.maintenance import Maintenance
 from longrun_common.models import Job
 from longrun_common.settings import Settings
 from longrun_common.states import JobStatus
 
-from . import broker, metrics, tasks  # noqa: F401  (tasks: registers the built-in tasks)
+from . import broker, fairshare, metrics, tasks  # noqa: F401  (tasks: registers the built-in tasks)
 from .api import REGISTRY, TaskDefinition
 from .catalog import register_catalog
 from .resources import Resources, get_resources, reset_resources
@@ -121,6 +122,7 @@ def check_visibility_timeout(settings: Settings) -> None:
 
 def _connect_process_hooks(app: Celery, settings: Settings) -> None:
     state: dict[str, Any] = {}
+    keys = Keys(settings.key_prefix)
 
     def publish_catalog(sender: Any = None, **_: Any) -> None:
         engine = create_db_engine(settings)
@@ -135,12 +137,14 @@ def _connect_process_hooks(app: Celery, settings: Settings) -> None:
         telemetry.setup_tracing("longrun-worker", celery=True)
         reset_resources()  # never share the parent's connections after the fork
 
-    def task_starts(task_id: str = "", kwargs: dict[str, Any] | None = None, **_: Any) -> None:
+    def task_starts(task_id: str = "", kwargs: dict[str, Any] | None = None, task: Any = None, **_: Any) -> None:
         # From before the task runs until after Celery logged how it ended: those lines carry the job too.
         if kwargs and "job_id" in kwargs:
             state[f"log:{task_id}"] = telemetry.enter_job(str(kwargs["job_id"]), int(kwargs.get("attempt", 1)))
+        fairshare.started(app, keys, task, task_id, kwargs)
 
     def task_ends(task_id: str = "", **_: Any) -> None:
+        fairshare.ended(app, keys, task_id)
         token = state.pop(f"log:{task_id}", None)
         if token is not None:
             telemetry.leave_job(token)
