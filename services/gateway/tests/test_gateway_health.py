@@ -147,7 +147,9 @@ async def test_openapi_documents_the_api(lite_client: httpx.AsyncClient) -> None
     spec = (await lite_client.get("/openapi.json")).json()
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/files", "/v1/dead-letters/requeue", "/readyz"} <= set(spec["paths"])
     body = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert body["additionalProperties"] is False and "task" in body["required"]
+    assert body["discriminator"]["propertyName"] == "task"  # typed per task from the catalog
+    demo = spec["components"]["schemas"]["task.demo.steps.job"]
+    assert demo["additionalProperties"] is False and "task" in demo["required"]
 
 
 async def test_a_long_poll_that_outlives_an_outage_goes_back_to_events(

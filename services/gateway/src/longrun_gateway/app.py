@@ -14,7 +14,7 @@ from .contract import install_openapi
 from .errors import install_error_handlers
 from .metrics import Metrics
 from .middleware import BodyLimitMiddleware, MetricsMiddleware
-from .openapi_catalog import CatalogDocument
+from .openapi_catalog import CatalogDocument, serve_openapi_off_loop
 from .routes import ROUTERS
 from .state import Gateway, State
 
@@ -43,9 +43,11 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install_error_handlers(app)
     install_openapi(app)
-    # The served document types each task's args from the catalog (openapi_catalog.py).
+    # The served document types each task's args from the catalog (openapi_catalog.py), which is read from
+    # SQL: /openapi.json is served from the thread pool, never blocking the event loop on that read.
     catalog_document = CatalogDocument(app.openapi, lambda: running["gateway"].engine if running else None)
     app.openapi = catalog_document.get  # type: ignore[method-assign]
+    serve_openapi_off_loop(app)
     # Outermost last: metrics see every response, including a 413 from the body limit.
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -18,9 +18,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from jsonschema import Draft202012Validator
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import Route
 
 from longrun_common.models import TaskRecord
 
@@ -153,3 +157,17 @@ class CatalogDocument:
                 if version != self._version or self._doc is None:
                     self._doc, self._version = typed_document(self._base(), tasks), version
             return self._doc
+
+
+def serve_openapi_off_loop(app: FastAPI) -> None:
+    """Replace FastAPI's `/openapi.json` route (which calls `app.openapi()` on the event loop) by one that calls
+    it in the thread pool, since building the typed document may read SQL."""
+    url = app.openapi_url
+    if not url:
+        return
+    app.router.routes[:] = [r for r in app.router.routes if not (isinstance(r, Route) and r.path == url)]
+
+    async def openapi_json(_request: Any) -> JSONResponse:
+        return JSONResponse(await run_in_threadpool(app.openapi))
+
+    app.add_route(url, openapi_json, include_in_schema=False)
