@@ -45,6 +45,10 @@ def job_view(job: Job, snapshot: dict[str, Any] | None = None) -> dict[str, Any]
     }
     if snapshot and snapshot.get("seq", 0) >= job.seq and snapshot.get("attempt", 0) >= job.attempt:
         view.update(snapshot_fields(snapshot))
+    # Workflows: a step not yet runnable is `queued` for this reason (see longrun_common.workflows).
+    view.update(kind=job.kind, parent_id=job.parent_id, root_id=job.root_id)
+    if job.waiting and view["status"] == "queued":
+        view["queued_reason"] = "waiting_for_dependencies"
     return view
 
 

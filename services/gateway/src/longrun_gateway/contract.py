@@ -18,7 +18,7 @@ are added once by `install_openapi(app)`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -120,6 +120,10 @@ class JobView(BaseModel):
     updated_at: str | None
     next_retry_at: str | None
     cancel_requested: bool
+    kind: Literal["job", "workflow"] = Field("job", description="`workflow`: a chain/group/chord node of a workflow")
+    parent_id: str | None = Field(None, description="the workflow node this step belongs to (null: a plain job)")
+    root_id: str | None = Field(None, description="the workflow's root job (null: a plain job)")
+    queued_reason: str | None = Field(None, description="why a queued job waits, e.g. `waiting_for_dependencies`")
     stream: StreamLinks
 
 
