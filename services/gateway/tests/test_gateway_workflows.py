@@ -3,13 +3,15 @@ parent's roll-up stream over SSE (hub process) and long-poll; failure policies, 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from gateway_support import serve
+from gateway_support import DEV, serve
 from workflow_support import TERMINAL, collect, final, follow, kids, steps, submit_flow
 
 from longrun_common.settings import Settings
@@ -106,3 +108,61 @@ async def test_group_chord_and_nested_shapes(http: httpx.AsyncClient, settings: 
         assert root_events[0]["seq"] == 1
     finally:
         close_store(store)
+
+
+def missing_file() -> dict[str, Any]:
+    """A step that fails at once, for good (PermanentError: no such file)."""
+    return {"task": "files.checksum", "args": {"file_id": str(uuid.uuid4())}}
+
+
+async def wait_for(http: httpx.AsyncClient, job_id: str, statuses: set[str], seconds: float = 60) -> dict[str, Any]:
+    for _ in range(int(seconds / 0.1)):
+        view = (await http.get(f"/v1/jobs/{job_id}", headers=DEV)).json()
+        if view["status"] in statuses:
+            return dict(view)
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"{job_id} not in {statuses}: {view['status']}")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_failure_policies_cancel_cascade_and_requeue_resume(http: httpx.AsyncClient) -> None:
+    fast = await submit_flow(http, {"group": [missing_file(), steps(400, 0.05)]}, "fail_fast")
+    cont = await submit_flow(http, {"group": [missing_file(), steps(3), missing_file()]}, "continue")
+    cancel = await submit_flow(http, {"chain": [steps(400, 0.05), collect("never")]})
+    retry = await submit_flow(http, {"chain": [{"task": "demo.steps", "args": {"steps": 2, "fail_times": 4}},
+                                               collect("after")]})
+
+    # fail_fast: the parent fails naming the failed step; the long sibling is cancelled.
+    failed = await final(http, fast["id"])
+    bad, long = await kids(http, fast["id"])
+    assert failed["status"] == "failed" and bad["id"] in failed["error"]["message"]
+    assert (await wait_for(http, long["id"], TERMINAL))["status"] == "cancelled"
+
+    # continue: the rest runs; the parent fails at the end naming every failed step.
+    ended = await final(http, cont["id"])
+    one, ok, two = await kids(http, cont["id"])
+    assert ok["status"] == "succeeded" and ended["status"] == "failed"
+    assert one["id"] in ended["error"]["message"] and two["id"] in ended["error"]["message"]
+    assert ok["id"] not in ended["error"]["message"]
+
+    # cancel cascades to every step below the parent, running or waiting.
+    running, waiting = await kids(http, cancel["id"])
+    await wait_for(http, running["id"], {"running"})
+    response = await http.post(f"/v1/jobs/{cancel['id']}/cancel", headers=DEV)
+    assert response.status_code == 202, response.text
+    assert (await final(http, cancel["id"]))["status"] == "cancelled"
+    assert (await wait_for(http, running["id"], TERMINAL))["status"] == "cancelled"
+    assert (await wait_for(http, waiting["id"], TERMINAL))["status"] == "cancelled"
+
+    # A failed step lands in dead letters; requeuing it resumes the workflow from there.
+    assert (await final(http, retry["id"]))["status"] == "failed"
+    flaky, after = await kids(http, retry["id"])
+    assert flaky["status"] == "failed"
+    assert (await wait_for(http, after["id"], TERMINAL))["status"] == "cancelled"  # cancelled by fail_fast
+    letters = (await http.get("/v1/dead-letters", headers=DEV)).json()["items"]
+    letter = next(item for item in letters if item["job_id"] == flaky["id"])
+    response = await http.post(f"/v1/dead-letters/{letter['id']}/requeue", headers=DEV)
+    assert response.status_code == 202, response.text
+    resumed = await final(http, retry["id"])
+    assert resumed["status"] == "succeeded", resumed["error"]
+    assert resumed["result"]["inputs"][0]["steps_run"] >= 1  # the requeued step's result reached its successor
