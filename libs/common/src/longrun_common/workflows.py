@@ -20,6 +20,7 @@ this module only seeds each node's sums.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
@@ -45,6 +46,7 @@ ABORTED = "workflow_aborted"  # the error type of steps a workflow cancelled its
 FAIL_FAST, CONTINUE = "fail_fast", "continue"
 TERMINAL_VALUES = tuple(s.value for s in TERMINAL)
 _QUEUED, _RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
+SETTLE_GRACE_SECONDS = 5.0
 
 
 class Store(Protocol):
@@ -166,14 +168,17 @@ def start(store: Store, node: Job) -> None:
         began = connection.execute(update(jobs).where(jobs.c.id == node.id, jobs.c.status == _QUEUED)
                                    .values(status=_RUNNING, started_at=utcnow(), updated_at=utcnow())).rowcount
         count = len(connection.execute(select(jobs.c.id).where(jobs.c.parent_id == node.id)).all())
+        initial = initial_positions(node, count)
         values: dict[str, Any] = {"waiting": False, "updated_at": utcnow()}
         if node.inputs is not None:
             values["inputs"] = node.inputs
-        connection.execute(update(jobs).where(
-            jobs.c.parent_id == node.id, jobs.c.position.in_(initial_positions(node, count)),
-            jobs.c.waiting.is_(True), jobs.c.status == _QUEUED).values(**values))
-        first = [c for c in children(connection, node.id)
-                 if c.position in initial_positions(node, count) and c.status == _QUEUED and not c.waiting]
+        released = {r[0] for r in connection.execute(update(jobs).where(
+            jobs.c.parent_id == node.id, jobs.c.position.in_(initial), jobs.c.waiting.is_(True),
+            jobs.c.status == _QUEUED).values(**values).returning(jobs.c.id))}
+        # Only steps this call started: on a repeat (the reconciler) the others were sent already, and a step
+        # released but never sent is re-sent by the reconciler's own check of its `dispatched` mark.
+        first = [c for c in children(connection, node.id) if c.status == _QUEUED and not c.waiting
+                 and c.position in initial and (began or c.id in released)] if began or released else []
     if began:
         node.status = _RUNNING
         _publish_status(store, node)
@@ -386,10 +391,12 @@ def _revive(store: Store, node: Job) -> None:
 def reconcile(store: Store, limit: int = 200) -> None:
     """Finish what a crash interrupted (see the module docstring). Each repair is safe to repeat."""
     jobs = _jobs()
+    # A step's own process applies its end right after recording it: leave it that moment.
+    ended_before = utcnow() - timedelta(seconds=SETTLE_GRACE_SECONDS)
     with store.engine.connect() as connection:
         unsettled = [_row(r) for r in connection.execute(select(jobs).where(
-            jobs.c.parent_id.is_not(None), jobs.c.settled.is_(False), jobs.c.status.in_(TERMINAL_VALUES))
-            .limit(limit))]
+            jobs.c.parent_id.is_not(None), jobs.c.settled.is_(False), jobs.c.status.in_(TERMINAL_VALUES),
+            jobs.c.finished_at < ended_before).limit(limit))]
         nodes = [_row(r) for r in connection.execute(select(jobs).where(
             jobs.c.kind == KIND_WORKFLOW, jobs.c.waiting.is_(False), jobs.c.status.in_((_QUEUED, _RUNNING)))
             .limit(limit))]
