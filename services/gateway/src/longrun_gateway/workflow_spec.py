@@ -3,7 +3,8 @@
 A node is a leaf `{"task", "args", "weight"?, "queue"?, "priority"?}`, `{"chain": [node…]}`,
 `{"group": [node…]}` or `{"chord": {"group": [node…], "then": node}}` (nodes may carry a `weight` too).
 Every problem is named by its path in the spec (`spec.chain[1].group[0].args.size`); one 422 lists them all.
-A spec with more than MAX_LEAVES leaves is refused with 413 before any leaf is checked.
+A list (a chain's steps, a group's members) of more than MAX_LEAVES nodes, or a spec of more than MAX_TASKS tasks,
+is refused with 413 before any task is checked.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from .submission import JobRequest, build_job
 if TYPE_CHECKING:
     from .submission import Gateway
 
-MAX_LEAVES = 1000
-MAX_NODES = 2000  # leaves and chain/group/chord nodes together
+MAX_LEAVES = 1000  # nodes in one chain or group (a chord of 1,000 members and its `then` fits)
+MAX_TASKS = 2000  # tasks in one workflow
+MAX_NODES = 4000  # tasks and chain/group/chord nodes together
 MAX_DEPTH = 12  # nesting; the roll-up (rollup.MAX_DEPTH) covers every level
 MAX_ERRORS = 50
 MAX_WEIGHT = 1e9
@@ -107,6 +109,8 @@ class _Checker:
         if not isinstance(value, list) or not value:
             self.problem(path, "must be a non-empty list of nodes")
             return []
+        if len(value) > MAX_LEAVES:
+            raise _too_large(f"{path} has {len(value)} nodes, more than {MAX_LEAVES}")
         checked = [self.node(item, f"{path}[{index}]", depth + 1) for index, item in enumerate(value)]
         return [c for c in checked if c is not None]
 
@@ -122,8 +126,8 @@ class _Checker:
 
     def leaf(self, value: dict[str, Any], path: str) -> _Node | None:
         self.leaves += 1
-        if self.leaves > MAX_LEAVES:
-            raise _too_large(f"more than {MAX_LEAVES} tasks")
+        if self.leaves > MAX_TASKS:
+            raise _too_large(f"more than {MAX_TASKS} tasks")
         weight = self.weight(value, path)
         for key in sorted(set(value) - _LEAF_KEYS):
             self.problem(f"{path}.{key}", f"unknown field in a task node (allowed: {', '.join(sorted(_LEAF_KEYS))})")
@@ -147,7 +151,8 @@ class _Checker:
 
 def _too_large(what: str) -> ApiError:
     return ApiError(413, f"workflow too large: {what}; split it into several workflows",
-                    code="payload_too_large", details={"max_leaves": MAX_LEAVES, "max_nodes": MAX_NODES})
+                    code="payload_too_large",
+                    details={"max_list": MAX_LEAVES, "max_tasks": MAX_TASKS, "max_nodes": MAX_NODES})
 
 
 def build(gateway: Gateway, tenant: str, request: WorkflowRequest) -> list[Job]:
