@@ -19,17 +19,18 @@ from celery import Celery
 
 BROKER_ENV = "BASELINE_BROKER_URL"
 LEDGER_ENV = "BASELINE_LEDGER_URL"
+BACKEND_ENV = "BASELINE_BACKEND_URL"  # a result backend, which a chord needs (bench/workflow_fanout.py)
 
 
-def create_app(broker_url: str) -> Celery:
+def create_app(broker_url: str, backend_url: str | None = None) -> Celery:
     """The tutorial's app: Redis broker, acks late, prefetch one; everything else Celery's defaults."""
-    app = Celery("baseline", broker=broker_url)
+    app = Celery("baseline", broker=broker_url, backend=backend_url)
     app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1)
     return app
 
 
 # `celery -A` needs a module-level app; the URL comes from the benchmark that starts the worker (no I/O here).
-app = create_app(os.environ.get(BROKER_ENV, "redis://127.0.0.1:6379/0"))
+app = create_app(os.environ.get(BROKER_ENV, "redis://127.0.0.1:6379/0"), os.environ.get(BACKEND_ENV) or None)
 _ledger: tuple[int, redis.Redis] | None = None
 
 
@@ -57,6 +58,20 @@ def steps(self, job_id: str, steps: int, delay: float) -> int:  # type: ignore[n
     pipe.srem(f"running:{host}", job_id)
     pipe.execute()
     return steps
+
+
+@app.task(name="baseline.short")
+def short(steps: int, delay: float) -> int:
+    """A short child of bench/workflow_fanout.py's group: `steps` sleeps of `delay` seconds."""
+    for _ in range(steps):
+        time.sleep(delay)
+    return steps
+
+
+@app.task(name="baseline.collect")
+def collect(results: list[int]) -> int:
+    """The chord's body: receives the group's results."""
+    return len(results)
 
 
 if __name__ == "__main__":

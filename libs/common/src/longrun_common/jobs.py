@@ -15,10 +15,10 @@ import kombu.exceptions
 import redis
 from celery import Celery
 from redis.client import Pipeline
-from sqlalchemy import Engine, Table, func, insert, inspect, update
+from sqlalchemy import Engine, func, insert, update
 from sqlmodel import Session, col, delete, select
 
-from . import telemetry
+from . import telemetry, workflows
 from .catalog import TaskPolicy
 from .dispatch import send_job, send_jobs
 from .events import JobError, Progress, now
@@ -26,6 +26,7 @@ from .fairness import DELAYED
 from .keys import Keys
 from .models import Attempt, DeadLetter, IdempotencyKey, Job, TaskRecord, utcnow
 from .publisher import LEASE_DROP, EventSpec, Published, Publisher
+from .rows import creation_fields, epoch, row_values, table_of
 from .states import TERMINAL, JobStatus, check_transition
 
 log = logging.getLogger(__name__)
@@ -41,39 +42,6 @@ SEQ_GAP_AFTER_LOSS = 10_000
 def sql_floor(seq: int) -> int:
     """The seq floor for a publisher that only knows SQL's seq (0 for a job that never published: seq 1)."""
     return seq + SEQ_GAP_AFTER_LOSS if seq else 0
-
-
-def epoch(value: datetime | None) -> str:
-    return repr(value.timestamp()) if value else ""
-
-
-def creation_fields(job: Job) -> dict[str, str]:
-    """Hash fields set once per job so the hub can describe it without SQL."""
-    return {
-        "tenant": job.tenant,
-        "task": job.task,
-        "queue": job.queue,
-        "priority": str(job.priority),
-        "max_attempts": str(job.max_attempts),
-        "created_at": epoch(job.created_at),
-    }
-
-
-_COLUMNS: dict[type[Any], list[tuple[str, str]]] = {}
-
-
-def _table(model: type[Any]) -> Table:
-    table: Table = model.__table__
-    return table
-
-
-def row_values(row: Any) -> dict[str, Any]:
-    """A model instance's column values, keyed by column name (for a Core INSERT of that row)."""
-    model = type(row)
-    columns = _COLUMNS.get(model)
-    if columns is None:  # mapper inspection is slow: once per model
-        columns = _COLUMNS[model] = [(attr.key, attr.columns[0].name) for attr in inspect(model).column_attrs]
-    return {name: getattr(row, key) for key, name in columns}
 
 
 @dataclass
@@ -107,9 +75,9 @@ class JobStore:
         (every column from the model), at a fraction of the CPU, and `job` stays a plain detached object.
         """
         with self.engine.begin() as connection, telemetry.span("commit job", attributes={"longrun.job_id": job.id}):
-            connection.execute(insert(_table(Job)), [row_values(job)])
+            connection.execute(insert(table_of(Job)), [row_values(job)])
             if idempotency is not None:  # after the job, so the key's foreign key holds
-                connection.execute(insert(_table(IdempotencyKey)), [row_values(idempotency)])
+                connection.execute(insert(table_of(IdempotencyKey)), [row_values(idempotency)])
         try:
             return self.announce(job)
         except redis.RedisError:
@@ -125,7 +93,7 @@ class JobStore:
         not be sent is not marked dispatched, so the reconciler sends it.
         """
         with self.engine.begin() as connection, telemetry.span("commit jobs", attributes={"longrun.jobs": len(jobs)}):
-            connection.execute(insert(_table(Job)), [row_values(job) for job in jobs])
+            connection.execute(insert(table_of(Job)), [row_values(job) for job in jobs])
         try:
             published: list[Published | None] = list(self.publisher.publish_many(self.redis, [
                 self._status_event(job) for job in jobs]))
@@ -191,6 +159,8 @@ class JobStore:
                 return None
             if job.status in {s.value for s in TERMINAL}:
                 return job
+            if job.kind == workflows.KIND_WORKFLOW:  # a workflow node: cascade to every step below it
+                return workflows.cancel(self, job)
             stamp = utcnow()
             session.execute(
                 update(Job).where(col(Job.id) == job_id, col(Job.cancel_requested_at).is_(None))
@@ -212,6 +182,7 @@ class JobStore:
             if job is None:
                 return None
             check_transition(job.status, JobStatus.QUEUED, requeue=True)
+            aborted = (job.error or {}).get("type") == workflows.ABORTED  # cancelled by its own workflow
             record = session.get(TaskRecord, job.task)
             budget = TaskPolicy.model_validate(record.policy).max_attempts if record else 1
             job.attempt += 1
@@ -219,6 +190,7 @@ class JobStore:
             job.status = JobStatus.QUEUED.value
             job.error = job.result = None
             job.finished_at = job.cancel_requested_at = job.next_retry_at = None
+            job.waiting = False
             job.updated_at = utcnow()
             session.add(job)
             session.execute(delete(DeadLetter).where(col(DeadLetter.job_id) == job_id))
@@ -226,6 +198,8 @@ class JobStore:
             session.refresh(job)
         self.redis.hdel(self.keys.job(job_id), "cancel", "error", "result", "finished_at")
         self.announce(job)
+        if job.parent_id:  # a workflow step: the workflow resumes from here
+            workflows.reopen(self, job, revive_aborted=not aborted)
         return job
 
     # --- fenced transitions (worker, reaper) ------------------------------------------------------------
@@ -294,7 +268,16 @@ class JobStore:
                                        error=error.model_dump(mode="json"), attempts=attempt))
                 session.commit()
         self.publish_ending(job, seq_floor=seq_floor, error=error)
+        if job.parent_id:
+            self._advance(job)
         return True
+
+    def _advance(self, job: Job) -> None:
+        """Apply a workflow step's end to its workflow. A failure here is repaired by the reconciler."""
+        try:
+            workflows.child_ended(self, job)
+        except Exception:
+            log.exception("could not advance the workflow of step %s; the reconciler will", job.id)
 
     def publish_ending(self, job: Job, *, seq_floor: int = 0, error: JobError | None = None) -> Published:
         """The terminal event of a job that has ended in SQL (also used to repair one Redis missed)."""
@@ -400,6 +383,8 @@ class JobStore:
 
     def active_jobs(self, limit: int = 500) -> list[Job]:
         with self.session() as session:
-            return list(session.exec(select(Job).where(col(Job.status).in_(ACTIVE)).limit(limit)))
+            # Workflow nodes never reach a worker and waiting steps are not sent yet: workflows.reconcile has them.
+            return list(session.exec(select(Job).where(col(Job.status).in_(ACTIVE), col(Job.kind) == "job",
+                                                       col(Job.waiting).is_(False)).limit(limit)))
 
 

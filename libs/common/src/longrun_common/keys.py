@@ -27,6 +27,10 @@ class Keys:
         """Every job's live channel (for tools that watch all jobs, such as benchmarks)."""
         return f"{self.prefix}:live:*"
 
+    def rollup(self, job_id: str) -> str:
+        """Hash: a workflow node's progress sums over its children (rollup.py builds the same name in Lua)."""
+        return f"{self.prefix}:rollup:{job_id}"
+
     def leases(self) -> str:
         """Sorted set: running job id -> lease expiry (epoch seconds)."""
         return f"{self.prefix}:leases"

@@ -19,13 +19,14 @@ from typing import cast
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from . import held
+from . import held, workflows
 from .catalog import TaskPolicy
 from .dispatch import announce_attempt_end, is_delayed, queue_depth, scheduler_for, send_job
 from .events import JobError
-from .jobs import JobStore, creation_fields, sql_floor
+from .jobs import JobStore, sql_floor
 from .models import Attempt, Job, TaskRecord
 from .redis_clients import sync_redis
+from .rows import creation_fields
 from .settings import Settings
 from .states import TERMINAL, JobStatus
 
@@ -208,6 +209,7 @@ class Maintenance:
     def reconcile(self) -> None:
         """Repair what Redis lost or never got: see the table in docs/INTERNALS.md."""
         self._republish_recent_endings()
+        workflows.reconcile(self.store)  # steps ended but not applied, released but not started
         jobs = self.store.active_jobs()
         if not jobs:
             return

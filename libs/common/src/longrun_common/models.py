@@ -60,6 +60,18 @@ class Job(SQLModel, table=True):
     started_at: datetime | None = _ts()
     finished_at: datetime | None = _ts()
     updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
+    # Workflows (see workflows.py): a plain job is kind "job" with no parent; a chain/group/chord node is kind
+    # "workflow". `waiting`: a step not yet released (its dependencies have not finished); `settled`: this
+    # job's end has been applied to its parent; `pending`: a node's children not yet settled.
+    kind: str = Field(default="job", max_length=16)
+    parent_id: str | None = Field(default=None, max_length=36, index=True)
+    root_id: str | None = Field(default=None, max_length=36, index=True)
+    position: int | None = None
+    waiting: bool = False
+    settled: bool = False
+    pending: int | None = None
+    inputs: list[Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    flow: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class Attempt(SQLModel, table=True):

@@ -16,7 +16,7 @@ import redis
 import redis.asyncio as aioredis
 from opentelemetry.trace import SpanKind
 
-from . import telemetry
+from . import rollup, telemetry
 from .events import JobError, Progress, dumps, now
 from .keys import Keys
 from .states import JobStatus
@@ -27,6 +27,8 @@ LEASE_KEEP = -1.0  # leave the lease as it is
 LEASE_DROP = 0.0  # remove the lease (job no longer running)
 
 _SCRIPT = """
+local prefix, maxlen = ARGV[11], ARGV[3]
+""" + rollup.LUA + """
 local attempt = tonumber(ARGV[1])
 local cur_attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
 local cur_status = redis.call('HGET', KEYS[1], 'status')
@@ -40,7 +42,7 @@ if redis.call('HEXISTS', KEYS[1], 'seq') == 0 then
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local event = '{"seq":' .. seq .. ',' .. string.sub(ARGV[2], 2)
-redis.call('HSET', KEYS[1], 'attempt', attempt, 'event', event, unpack(ARGV, 9))
+redis.call('HSET', KEYS[1], 'attempt', attempt, 'event', event, unpack(ARGV, 14))
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', event)
 redis.call('PUBLISH', KEYS[3], event)
 local lease = tonumber(ARGV[5])
@@ -57,6 +59,8 @@ else
   redis.call('PERSIST', KEYS[1])
   redis.call('PERSIST', KEYS[2])
 end
+-- A workflow step: fold this event into its parents' progress (see rollup.py).
+rollup(ARGV[6], ARGV[9], ARGV[10], ARGV[12], tonumber(ARGV[13]))
 local cancel = redis.call('HGET', KEYS[1], 'cancel') == '1' and 1 or 0
 local drain = redis.call('HGET', KEYS[1], 'drain') == tostring(attempt) and 1 or 0
 return {seq, cancel, drain}
@@ -182,6 +186,11 @@ class Publisher:
             spec.job_id,
             "1" if spec.allow_after_terminal else "0",
             spec.seq_floor,
+            _fraction(spec),
+            "" if progress.total is None else repr(float(progress.total)),
+            self.keys.prefix,
+            spec.status.value,
+            repr(ts),
         ]
         for name, value in fields.items():
             args.extend((name, value))
@@ -222,6 +231,20 @@ class Publisher:
         script = self._script(client, _HEARTBEAT)
         keys = [self.keys.job(job_id), self.keys.leases()]
         return int(script(keys=keys, args=[attempt, lease_until, job_id], client=client))
+
+
+def _fraction(spec: EventSpec) -> str:
+    """The job's fraction done for its parent's roll-up ('' when this event does not say)."""
+    progress = spec.progress
+    if spec.status is JobStatus.SUCCEEDED:
+        return "1"
+    if progress is not None and progress.percent is not None:
+        return repr(min(100.0, max(0.0, progress.percent)) / 100)
+    if progress is not None and progress.current is not None and progress.total:
+        return repr(min(1.0, max(0.0, progress.current / progress.total)))
+    if spec.status is JobStatus.QUEUED:
+        return "0"  # a (re)queued job starts from scratch
+    return ""
 
 
 def _attributes(spec: EventSpec) -> dict[str, Any]:

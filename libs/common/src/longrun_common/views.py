@@ -47,14 +47,19 @@ def job_view(job: Job, snapshot: dict[str, Any] | None = None) -> dict[str, Any]
         view.update(snapshot_fields(snapshot))
     view["run_at"] = iso(job.run_at)
     view["queued_reason"] = _queued_reason(job, view["status"], snapshot)
+    # Workflows: a step not yet runnable is `queued` for this reason (see longrun_common.workflows).
+    view.update(kind=job.kind, parent_id=job.parent_id, root_id=job.root_id)
     return view
 
 
 def _queued_reason(job: Job, status: str | None, snapshot: dict[str, Any] | None) -> str | None:
-    """Why a queued job is not on the Celery queue yet: "delayed" (SQL's run_at, cleared when released), or what
-    the fair scheduler said when it held the job ("fair_share", "tenant_concurrency_limit")."""
+    """Why a queued job is not on the Celery queue yet: "waiting_for_dependencies" (a workflow step whose inputs
+    are not all there: longrun_common.workflows), "delayed" (SQL's run_at, cleared when released), or what the
+    fair scheduler said when it held the job ("fair_share", "tenant_concurrency_limit")."""
     if status != "queued":
         return None
+    if job.waiting:
+        return "waiting_for_dependencies"
     if job.run_at is not None:
         return "delayed"
     reason = (snapshot or {}).get("queued_reason")

@@ -18,7 +18,7 @@ are added once by `install_openapi(app)`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -122,8 +122,12 @@ class JobView(BaseModel):
     cancel_requested: bool
     run_at: str | None = Field(None, description="a delayed job's release time; null once released")
     queued_reason: str | None = Field(
-        None, description="why a queued job waits: delayed, fair_share, tenant_concurrency_limit; else null"
+        None,
+        description="why a queued job waits: waiting_for_dependencies, delayed, fair_share, tenant_concurrency_limit",
     )
+    kind: Literal["job", "workflow"] = Field("job", description="`workflow`: a chain/group/chord node of a workflow")
+    parent_id: str | None = Field(None, description="the workflow node this step belongs to (null: a plain job)")
+    root_id: str | None = Field(None, description="the workflow's root job (null: a plain job)")
     stream: StreamLinks
 
 

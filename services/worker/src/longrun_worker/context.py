@@ -32,13 +32,16 @@ class JobContext:
     """Progress, checkpoints and files for one attempt of one job."""
 
     def __init__(self, *, job_id: str, attempt: int, tenant: str, task: str, reporter: Reporter,
-                 resumed_from: dict[str, Any] | None, settings: Settings, session_factory: Any):
+                 resumed_from: dict[str, Any] | None, settings: Settings, session_factory: Any,
+                 inputs: list[Any] | None = None):
         self.job_id = job_id
         self.attempt = attempt
         self.tenant = tenant
         self.task = task
         self.progress = reporter
         self.resumed_from = resumed_from
+        # A workflow step: the results of the steps it depends on, in order (empty for a plain job).
+        self.inputs: list[Any] = list(inputs or [])
         self.log = logging.getLogger(f"longrun.task.{task}")
         self._settings = settings
         self._session_factory = session_factory

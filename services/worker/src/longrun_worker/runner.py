@@ -113,7 +113,8 @@ def _run_started(celery_task: Task, definition: TaskDefinition, res: Resources, 
     reporter = Reporter(emit, heartbeat, interval=settings.progress_interval, heartbeat_every=lease / 3,
                         on_publish=metrics.reported)
     ctx = JobContext(job_id=job_id, attempt=attempt, tenant=job.tenant, task=job.task, reporter=reporter,
-                     resumed_from=resumed_from, settings=settings, session_factory=lambda: Session(res.engine))
+                     resumed_from=resumed_from, settings=settings, session_factory=lambda: Session(res.engine),
+                     inputs=job.inputs)
     reporter.begin()
     try:
         args = definition.args_model.model_validate(job.args)

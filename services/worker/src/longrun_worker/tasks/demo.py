@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,3 +41,22 @@ def steps(ctx: JobContext, args: StepsArgs) -> StepsResult:
         ctx.checkpoint({"next_step": step + 1})
         ctx.progress.advance(1, message=f"step {step + 1}/{args.steps}")
     return StepsResult(steps=args.steps, steps_run=args.steps - start, resumed_from=start, attempt=ctx.attempt)
+
+
+class CollectArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field("", max_length=100, description="a name for this step, echoed in the result")
+
+
+class CollectResult(BaseModel):
+    label: str
+    inputs: list[Any]
+
+
+@task("demo.collect", args=CollectArgs)
+def collect(ctx: JobContext, args: CollectArgs) -> CollectResult:
+    """A workflow step that returns the results it received from the steps it depends on (`ctx.inputs`)."""
+    ctx.progress.start(total=1, stage="collect")
+    ctx.progress.advance(1)
+    return CollectResult(label=args.label, inputs=ctx.inputs)

@@ -1,0 +1,133 @@
+"""Fan-out: a group of 1,000 short children and a step that receives their results, Longrun vs Celery.
+
+Longrun: `POST /v1/workflows` with `{"chord": {"group": [1,000 x demo.steps], "then": demo.collect}}` (one
+request, one SQL transaction) through a real gateway, run by a real worker; timed from the POST until the root
+job has succeeded. Reported with it: the root's own events (its live roll-up, which Celery does not have) and the
+Redis commands per child (INFO commandstats of the stack's private Redis, before and after).
+
+Baseline, same run, same machine: Celery's `chord(group(1,000 x baseline.short), baseline.collect)` on
+bench/_baseline_celery.py (tutorial settings plus a Redis result backend, which a chord needs), run by a real
+`celery worker` with the same concurrency on its own private Redis; timed from apply_async until the chord's
+result is ready.
+
+Target: Longrun's time within 1.5x Celery's. Prints our figure, the baseline, the ratio and MET/MISSED.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import httpx
+import redis
+from _common import REPO, Stack, num, parser, print_table, ratio, say, stack
+from celery import chord, group
+
+from tests.support.servers import RedisServer
+
+TARGET = 1.5
+AUTH = {"Authorization": "Bearer dev-key"}
+
+
+def commands(client: redis.Redis) -> int:
+    """Every command Redis has executed so far (scripts' inner calls included)."""
+    stats = client.info("commandstats")
+    return sum(int(v["calls"]) for v in stats.values())
+
+
+def run_longrun(st: Stack, children: int, concurrency: int, steps: int, delay: float) -> dict[str, Any]:
+    st.worker("--concurrency", str(concurrency))
+    gateway = st.gateway()
+    client = redis.Redis.from_url(st.redis.url)
+    spec = {"chord": {"group": [{"task": "demo.steps", "args": {"steps": steps, "delay": delay}}
+                                for _ in range(children)],
+                      "then": {"task": "demo.collect", "args": {"label": "fan-in"}}}}
+    with httpx.Client(base_url=gateway.url, timeout=120) as http:
+        before = commands(client)
+        started = time.perf_counter()
+        response = http.post("/v1/workflows", json={"spec": spec}, headers=AUTH)
+        response.raise_for_status()
+        root = response.json()
+        accepted = time.perf_counter() - started
+        seq = 0
+        while True:
+            view = http.get(f"/v1/jobs/{root['id']}", params={"wait": 10, "after_seq": seq}, headers=AUTH).json()
+            seq = view["seq"]
+            if view["status"] in {"succeeded", "failed", "cancelled"}:
+                break
+        elapsed = time.perf_counter() - started
+        used = commands(client) - before
+    if view["status"] != "succeeded":
+        raise SystemExit(f"the Longrun workflow ended {view['status']}: {view['error']}")
+    inputs = len(view["result"]["inputs"])
+    if inputs != children:
+        raise SystemExit(f"the fan-in step received {inputs} results, expected {children}")
+    events = int(view["seq"])  # the root's own events, 1..seq (its stream keeps only the newest ones for replay)
+    client.close()
+    return {"seconds": elapsed, "accepted": accepted, "events": events, "per_child": used / children}
+
+
+def run_celery(st: Stack, children: int, concurrency: int, steps: int, delay: float) -> dict[str, Any]:
+    server = RedisServer().start()
+    try:
+        env = {"BASELINE_BROKER_URL": server.url, "BASELINE_BACKEND_URL": server.url,
+               "BASELINE_LEDGER_URL": server.url}
+        argv = [sys.executable, "-m", "celery", "-A", "bench._baseline_celery", "worker", "--loglevel", "INFO",
+                "--concurrency", str(concurrency), "--hostname", "fanout@bench"]
+        worker = st.process("celery", argv, env)
+        worker.wait_log("ready.", timeout=120)
+        sys.path.insert(0, str(REPO))
+        from bench._baseline_celery import create_app
+
+        app = create_app(server.url, server.url)
+        client = redis.Redis.from_url(server.url)
+        before = commands(client)
+        started = time.perf_counter()
+        work = chord(group(app.signature("baseline.short", args=(steps, delay)) for _ in range(children)),
+                     app.signature("baseline.collect"))
+        result = work.apply_async()
+        value = result.get(timeout=600, interval=0.05)
+        elapsed = time.perf_counter() - started
+        used = commands(client) - before
+        if value != children:
+            raise SystemExit(f"the Celery chord body received {value} results, expected {children}")
+        client.close()
+        app.close()
+        worker.stop()
+        return {"seconds": elapsed, "per_child": used / children}
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    ap = parser(__doc__.splitlines()[0])
+    ap.add_argument("--children", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=4, help="worker processes, for both sides")
+    ap.add_argument("--steps", type=int, default=1, help="each child's steps")
+    ap.add_argument("--delay", type=float, default=0.0, help="seconds per step")
+    args = ap.parse_args()
+    say(f"fan-out of {args.children} children (steps={args.steps}, delay={args.delay:g}s), "
+        f"concurrency {args.concurrency}")
+    with stack(args, name="workflow_fanout") as st:
+        celery_side = run_celery(st, args.children, args.concurrency, args.steps, args.delay)
+        say(f"Celery: {celery_side['seconds']:.2f}s")
+        ours = run_longrun(st, args.children, args.concurrency, args.steps, args.delay)
+        say(f"Longrun: {ours['seconds']:.2f}s")
+    factor = ours["seconds"] / celery_side["seconds"]
+    print_table(
+        f"Group of {args.children} short children then one fan-in step (one request)",
+        ["", "Longrun workflow", "Celery group + chord", "ratio"],
+        [["time to finish (s)", num(ours["seconds"], 2), num(celery_side["seconds"], 2),
+          ratio(ours["seconds"], celery_side["seconds"])],
+         ["of which accepting the request (s)", num(ours["accepted"], 2), "-", ""],
+         ["parent progress events (live roll-up)", str(ours["events"]), "none", ""],
+         ["Redis commands per child", num(ours["per_child"], 1), num(celery_side["per_child"], 1),
+          ratio(ours["per_child"], celery_side["per_child"])]],
+    )
+    verdict = "MET" if factor <= TARGET else "MISSED"
+    print(f"target: Longrun within {TARGET:g}x Celery's time: {factor:.2f}x -> {verdict}")
+
+
+if __name__ == "__main__":
+    main()
