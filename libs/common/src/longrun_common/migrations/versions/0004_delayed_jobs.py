@@ -1,7 +1,7 @@
 """delayed jobs: jobs.run_at, the time a delayed job is released
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-02 05:20:00.000000
 """
 
