@@ -32,6 +32,9 @@ from schemathesis.specs.openapi.checks import (
 from longrun_common.db import migrate
 from longrun_common.settings import Settings
 from longrun_gateway.app import create_app
+from longrun_gateway.openapi_catalog import CatalogTask, typed_document
+from longrun_worker import tasks  # noqa: F401  (registers the built-in tasks, as the fixture's worker does)
+from longrun_worker.api import REGISTRY
 from tests.support.processes import Service, free_port, python_module, service_env
 
 pytestmark = pytest.mark.integration
@@ -98,8 +101,11 @@ def _seed(url: str) -> None:
 
 
 # The document is generated from the gateway's code at import (schemathesis' lazy fixture loader does not run on
-# this pytest); the fixture checks that the running gateway serves exactly this document.
-DOCUMENT = create_app(Settings(env="development", api_keys="", token_secret="")).openapi()
+# this pytest), typed by the catalog the fixture's worker registers (the built-in tasks, in name order, as the
+# gateway reads them); the fixture checks that the running gateway serves exactly this document.
+_CATALOG = [CatalogTask(spec.name, spec.description, spec.args_schema, "")
+            for spec in sorted((d.spec() for d in REGISTRY.values()), key=lambda spec: spec.name)]
+DOCUMENT = typed_document(create_app(Settings(env="development", api_keys="", token_secret="")).openapi(), _CATALOG)
 schema = schemathesis.openapi.from_dict(DOCUMENT)
 schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
                                 max_examples=FUZZ_EXAMPLES, deterministic=True)
