@@ -75,7 +75,8 @@ def gateway_url(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         worker.start(ready_path=None)
         worker.wait_log("ready.", timeout=60)  # it has published the task catalog
         gateway.start(timeout=60)
-        assert httpx.get(f"{gateway.url}/openapi.json").json() == json.loads(json.dumps(DOCUMENT))
+        if httpx.get(f"{gateway.url}/openapi.json").json() != json.loads(json.dumps(DOCUMENT)):  # no 300k-line diff
+            pytest.fail("the running gateway serves another OpenAPI document than the one this module fuzzes")
         _seed(gateway.url)
         yield gateway.url
     finally:

@@ -137,9 +137,11 @@ def test_job_ignoring_cancel_is_terminated_after_grace(services: ServiceFactory,
 
 
 def test_urgent_jobs_run_before_normal_ones(services: ServiceFactory, store: JobStore) -> None:
-    normal = [submit(store, "demo.steps", {"steps": 1}, priority=0) for _ in range(3)]
+    normal = [submit(store, "demo.steps", {"steps": 1}, priority=0) for _ in range(5)]
     urgent = submit(store, "demo.steps", {"steps": 1}, priority=9)
     services("worker", "--concurrency", "1")
     done = wait_for(store, [j.id for j in [*normal, urgent]], timeout=30)
-    order = sorted(done, key=lambda job: job.started_at or job.created_at)
-    assert order[0].id == urgent.id
+    order = [job.id for job in sorted(done, key=lambda job: job.started_at or job.created_at)]
+    # The fair dispatcher hands the broker LONGRUN_FAIR_WINDOW messages at a time (longrun_common.fairness), and
+    # those go first; the urgent job overtakes every normal one still waiting (FIFO would run it last).
+    assert order.index(urgent.id) <= Settings().fair_window, order
