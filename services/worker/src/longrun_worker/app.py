@@ -137,14 +137,13 @@ def _connect_process_hooks(app: Celery, settings: Settings) -> None:
         telemetry.setup_tracing("longrun-worker", celery=True)
         reset_resources()  # never share the parent's connections after the fork
 
-    def task_starts(task_id: str = "", kwargs: dict[str, Any] | None = None, task: Any = None, **_: Any) -> None:
+    def task_starts(task_id: str = "", kwargs: dict[str, Any] | None = None, **_: Any) -> None:
         # From before the task runs until after Celery logged how it ended: those lines carry the job too.
         if kwargs and "job_id" in kwargs:
             state[f"log:{task_id}"] = telemetry.enter_job(str(kwargs["job_id"]), int(kwargs.get("attempt", 1)))
-        fairshare.started(app, keys, task, task_id, kwargs)
 
-    def task_ends(task_id: str = "", **_: Any) -> None:
-        fairshare.ended(app, keys, task_id)
+    def task_ends(task_id: str = "", task: Any = None, kwargs: dict[str, Any] | None = None, **_: Any) -> None:
+        fairshare.ended(app, keys, task, kwargs)
         token = state.pop(f"log:{task_id}", None)
         if token is not None:
             telemetry.leave_job(token)
@@ -170,6 +169,7 @@ def _connect_process_hooks(app: Celery, settings: Settings) -> None:
         kwargs = getattr(request, "kwargs", None) or {}
         if "job_id" not in kwargs:
             return
+        fairshare.received(app, keys, request)
         res = get_resources(settings, app)
         try:
             res.redis.hset(res.keys.job(str(kwargs["job_id"])), "claim",

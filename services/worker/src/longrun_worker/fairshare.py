@@ -1,6 +1,6 @@
-"""The worker's part in fair scheduling (longrun_common.fairness): when a task starts, the queue it came from
-is refilled at once (the next message is ready when a slot frees); when it ends, its job stops counting against
-its tenant's concurrency limit and the queue is refilled again."""
+"""The worker's part in fair scheduling (longrun_common.fairness): when the worker takes a message, the queue it
+came from is refilled at once (the next message is ready when a slot frees); when a task ends, its job stops
+counting against its tenant's concurrency limit and the queue is refilled again."""
 
 from __future__ import annotations
 
@@ -14,27 +14,35 @@ from longrun_common.keys import Keys
 
 log = logging.getLogger(__name__)
 
-# task id → (Longrun queue, job id) of the tasks this process is running, from start to end.
-_running: dict[str, tuple[str, str]] = {}
+
+def received(app: Celery, keys: Keys, request: Any) -> None:
+    """This worker took a message off the queue (main process, `task_received`): refill the queue at once.
+
+    Here rather than when the task starts in its pool process: a soft time limit can fire there before the task
+    runs, and Celery's signal dispatch would swallow it inside a hook, letting the job run past its limit.
+    """
+    queue = _longrun_queue(app, keys, getattr(request, "delivery_info", None), getattr(request, "kwargs", None))
+    if queue is not None:
+        _dispatch(app, keys, queue, ())
 
 
-def started(app: Celery, keys: Keys, task: Any, task_id: str, kwargs: dict[str, Any] | None) -> None:
+def ended(app: Celery, keys: Keys, task: Any, kwargs: dict[str, Any] | None) -> None:
+    """The task ended (pool process, `task_postrun`): its job stops counting against its tenant's concurrency
+    limit, and the queue is refilled."""
+    info = getattr(getattr(task, "request", None), "delivery_info", None)
+    queue = _longrun_queue(app, keys, info, kwargs)
+    if queue is not None and kwargs is not None:
+        _dispatch(app, keys, queue, (str(kwargs["job_id"]),))
+
+
+def _longrun_queue(app: Celery, keys: Keys, delivery_info: dict[str, Any] | None,
+                   kwargs: dict[str, Any] | None) -> str | None:
+    """The Longrun queue a job's message came from; None without a fair scheduler or for another message."""
     if scheduler_for(app) is None or not kwargs or "job_id" not in kwargs:
-        return
-    info = getattr(getattr(task, "request", None), "delivery_info", None) or {}
-    routing = str(info.get("routing_key") or "")
+        return None
+    routing = str((delivery_info or {}).get("routing_key") or "")
     prefix = keys.queue("")
-    if not routing.startswith(prefix):
-        return  # not one of Longrun's queues
-    queue = routing[len(prefix):]
-    _running[task_id] = (queue, str(kwargs["job_id"]))
-    _dispatch(app, keys, queue, ())
-
-
-def ended(app: Celery, keys: Keys, task_id: str) -> None:
-    entry = _running.pop(task_id, None)
-    if entry is not None:
-        _dispatch(app, keys, entry[0], (entry[1],))
+    return routing[len(prefix):] if routing.startswith(prefix) else None
 
 
 def _dispatch(app: Celery, keys: Keys, queue: str, ended_jobs: tuple[str, ...]) -> None:
