@@ -120,7 +120,8 @@ def test_redis_wiped_with_jobs_queued_all_succeed(services: ServiceFactory, sett
 def test_sigterm_drains_and_the_job_resumes_on_another_worker(services: ServiceFactory, store: JobStore) -> None:
     drain = {"LONGRUN_DRAIN_SECONDS": "1"}
     leaving = services("worker", "--concurrency", "1", env=drain)
-    job = submit(store, "demo.steps", {"steps": 80, "delay": 0.1})
+    # Long enough (30 s) to still be running when the second worker is up, however slowly this host starts it.
+    job = submit(store, "demo.steps", {"steps": 300, "delay": 0.1})
     wait_running_on(store, [job.id], leaving)
     services("worker", "--concurrency", "1", env=drain)
     assert leaving.process is not None
@@ -130,7 +131,7 @@ def test_sigterm_drains_and_the_job_resumes_on_another_worker(services: ServiceF
     assert after_exit is not None
     assert not (after_exit.status == "running" and after_exit.worker
                 and after_exit.worker.startswith(hostname_prefix(leaving)))
-    (done,) = wait_for(store, [job.id], timeout=60)
+    (done,) = wait_for(store, [job.id], timeout=90)
     assert done.status == "succeeded" and done.attempt == 2
     assert done.result["resumed_from"] > 0
     assert store.attempts(job.id)[0].error["type"] == "drained"
@@ -147,7 +148,7 @@ def test_revived_stale_worker_is_fenced_off(services: ServiceFactory, store: Job
         wait_attempt(store, job.id, 2, timeout=30)
     finally:
         stale.signal_group(signal.SIGCONT)  # it wakes up mid-job, still believing it owns attempt 1
-    (done,) = wait_for(store, [job.id], timeout=60)
+    (done,) = wait_for(store, [job.id], timeout=90)
     assert done.status == "succeeded" and done.attempt == 2 and done.result["attempt"] == 2
     assert_fenced_handover(store, job.id)
     deadline = time.monotonic() + 10
