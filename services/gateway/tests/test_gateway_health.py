@@ -87,6 +87,28 @@ async def test_readyz_names_redis_while_it_is_down_and_recovers(
         assert (await asyncio.wait_for(poll, 5)).json()["status"] == "failed"
 
 
+async def test_readyz_checks_a_broker_of_its_own_and_names_it_when_down(
+    private_redis: RedisServer, sqlite_url: str, key_prefix: str
+) -> None:
+    broker = RedisServer().start()
+    try:
+        settings = Settings(redis_url=private_redis.url, broker_url=broker.url, database_url=sqlite_url,
+                            key_prefix=key_prefix)
+        async with serve(create_app(settings)) as client:
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["checks"] == {"database": "ok", "redis": "ok", "broker": "ok"}
+            broker.stop()  # the event bus still answers: only the broker is named
+            down = await client.get("/readyz")
+            assert down.status_code == 503
+            checks = down.json()["checks"]
+            assert checks["database"] == "ok" and checks["redis"] == "ok" and checks["broker"].startswith("error: ")
+            broker.start()  # same port
+            assert (await ready_within(client, 10)).status_code == 200
+    finally:
+        broker.stop()
+
+
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     found = {}
     for family in text_string_to_metric_families(text):
