@@ -9,10 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_support import DEV, error_of, gateway_of, seed_catalog, serve, submit, wait_subscribed
+from gateway_support import DEV, error_of, gateway_of, serve, serve_seeded, submit, wait_subscribed
 from prometheus_client.parser import text_string_to_metric_families
 
-from longrun_common.db import create_db_engine
 from longrun_common.events import JobError
 from longrun_common.keys import Keys
 from longrun_common.publisher import EventSpec, Publisher
@@ -53,10 +52,7 @@ async def test_readyz_names_redis_while_it_is_down_and_recovers(
     private_redis: RedisServer, sqlite_url: str, key_prefix: str
 ) -> None:
     settings = Settings(redis_url=private_redis.url, database_url=sqlite_url, key_prefix=key_prefix)
-    engine = create_db_engine(settings)
-    seed_catalog(engine)
-    engine.dispose()
-    async with serve(create_app(settings)) as client:
+    async with serve_seeded(settings) as client:
         assert (await client.get("/readyz")).status_code == 200
         job = await submit(client)
         # A parked long-poll learns that the subscription broke and answers (from SQL) instead of hanging.
@@ -178,10 +174,7 @@ async def test_a_long_poll_that_outlives_an_outage_goes_back_to_events(
     private_redis: RedisServer, sqlite_url: str, key_prefix: str
 ) -> None:
     settings = Settings(redis_url=private_redis.url, database_url=sqlite_url, key_prefix=key_prefix)
-    engine = create_db_engine(settings)
-    seed_catalog(engine)
-    engine.dispose()
-    async with serve(create_app(settings)) as client:
+    async with serve_seeded(settings) as client:
         job = await submit(client)  # SQL holds seq 0; the queued event (seq 1) lives only in Redis
         private_redis.stop()
         start = time.monotonic()
