@@ -1,7 +1,7 @@
 """Fan-out latency: 1,000 WebSocket clients on 100 running jobs at 5 events/s each; Longrun's hub vs polling.
 
 Longrun: the real hub (`python -m longrun_hub`), 10 clients per job on `WS /v1/ws/jobs/{id}?token=…`.
-Baseline: the tutorial's polling design (bench/_hub_common.py `serve-poll`): a Starlette WebSocket handler per
+Baseline: the tutorial's polling design (bench/_hub_servers.py `serve-poll`): a Starlette WebSocket handler per
 client that every second reads the job's hash (one HGETALL) and sends it, served by uvicorn as a real process.
 
 Same clients (asyncio `websockets`, compression off, in separate client processes), same publishing: one
@@ -31,25 +31,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from _hub_common import (
-    announce_jobs,
-    cpu_seconds,
-    finish_jobs,
-    hub_lag,
-    ms,
-    new_job_ids,
-    num,
-    paced_publisher,
-    percentile,
-    print_table,
-    raise_nofile,
-    ratio,
-    rig,
-    say,
-    service_tail,
-    token_for,
-    use_uvloop,
-)
+from _common import ms, num, percentile, print_table, ratio, say
+from _hub_jobs import announce_jobs, finish_jobs, new_job_ids, paced_publisher, token_for
+from _hub_rig import cpu_seconds, hub_lag, raise_nofile, rig, service_tail, use_uvloop
 
 TARGET_P99 = 0.020
 LONGRUN = "Longrun hub (push)"

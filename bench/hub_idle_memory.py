@@ -2,10 +2,10 @@
 
 Longrun: the real hub (`python -m longrun_hub`), 10,000 sockets on `WS /v1/ws/jobs/{id}?token=…` over 1,000 jobs
 (10 per job): each is authenticated, subscribed (the job's channel on the hub's one pub/sub connection) and got its
-snapshot frame. Baseline: bench/_hub_common.py `serve-bare`, the minimal `websockets.serve` broadcast loop (uvloop,
+snapshot frame. Baseline: bench/_hub_servers.py `serve-bare`, the minimal `websockets.serve` broadcast loop (uvloop,
 compression off, one PSUBSCRIBE), holding the same 10,000 sockets, each registered for its job.
 
-Clients: minimal asyncio WebSocket clients (bench/_hub_common.py RawClient; they answer pings) from 4 processes.
+Clients: minimal asyncio WebSocket clients (bench/_hub_clients.py RawClient; they answer pings) from 4 processes.
 Each server first serves a warm-up of a few hundred sockets that are closed again, so the "before" figure already
 includes what the first connections allocate once (imports, pools). Per connection = (VmRSS after - VmRSS before)
 / sockets open, read from /proc/PID/status after the sockets have been idle for a few seconds.
@@ -23,22 +23,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from _hub_common import (
-    RawPlan,
-    announce_jobs,
-    new_job_ids,
-    num,
-    print_table,
-    raise_nofile,
-    ratio,
-    raw_client_process,
-    rig,
-    rss_kb,
-    say,
-    service_tail,
-    token_for,
-    traced_allocations,
-)
+from _common import num, print_table, ratio, say
+from _hub_clients import RawPlan, raw_client_process
+from _hub_jobs import announce_jobs, new_job_ids, token_for
+from _hub_rig import raise_nofile, rig, rss_kb, service_tail
+from _hub_servers import traced_allocations
 
 TARGET_KB = 20.0
 LONGRUN = "Longrun hub"

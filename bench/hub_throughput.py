@@ -1,11 +1,11 @@
 """Deliveries/s one hub process sustains vs a bare `websockets` broadcast loop (N clients on M jobs).
 
 Longrun: the real hub (`python -m longrun_hub`, one process), N clients on `WS /v1/ws/jobs/{id}?token=…`.
-Baseline: bench/_hub_common.py `serve-bare`, a minimal `websockets.serve` server (uvloop, compression off, like
+Baseline: bench/_hub_servers.py `serve-bare`, a minimal `websockets.serve` server (uvloop, compression off, like
 the hub) with one Redis pub/sub connection (PSUBSCRIBE on the jobs' live channels) that `broadcast()`s every
 message to the sockets connected for that job. Nothing else: no auth, no snapshot, no seam, no backpressure.
 
-Same clients, same publishing. Clients: minimal asyncio WebSocket clients (bench/_hub_common.py RawClient) in
+Same clients, same publishing. Clients: minimal asyncio WebSocket clients (bench/_hub_clients.py RawClient) in
 separate processes, counting frames and checking each socket's seq order. Publisher: a separate process that
 publishes through `longrun_common.publisher.Publisher` as fast as the server keeps up: a job gets its next event
 only while its clients are, on average, fewer than `--window` events behind (the clients report how far each
@@ -28,21 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _hub_common import (
-    RawPlan,
-    announce_jobs,
-    cpu_seconds,
-    make_publisher,
-    new_job_ids,
-    num,
-    print_table,
-    progress_spec,
-    raise_nofile,
-    raw_client_process,
-    rig,
-    say,
-    token_for,
-)
+from _common import num, print_table, say
+from _hub_clients import RawPlan, raw_client_process
+from _hub_jobs import announce_jobs, make_publisher, new_job_ids, progress_spec, token_for
+from _hub_rig import cpu_seconds, raise_nofile, rig
 
 TARGET = 0.5
 LONGRUN = "Longrun hub"

@@ -24,6 +24,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "libs" / "common" / "src"))  # for processes.py alone, standard library only too
+from longrun_common.processes import pid_alive  # noqa: E402
+
 VAR = ROOT / "var"
 PIDFILE = VAR / "redis.pid"
 LOGFILE = VAR / "redis.log"
@@ -76,23 +79,13 @@ def ping(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _started_pid() -> int | None:
     """The pid in var/redis.pid if that process is still a redis-server."""
     try:
         pid = int(PIDFILE.read_text().strip())
     except (OSError, ValueError):
         return None
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         return None
     with contextlib.suppress(OSError):
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -197,7 +190,7 @@ def stop() -> int:
         return 0
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 15
-    while _pid_alive(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)
             break

@@ -27,6 +27,12 @@ def database_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def settings_env(settings_env: dict[str, str]) -> dict[str, str]:
+    """Tenant acme runs one job at a time, so that a second one is held (and the page says why)."""
+    return {**settings_env, "LONGRUN_TENANT_LIMITS": "acme:concurrency=1"}
+
+
+@pytest.fixture
 async def stack(services: ServiceFactory, settings_env: dict[str, str]) -> AsyncIterator[Stack]:
     hub = services("hub")
     gateway = services("gateway", env={"LONGRUN_HUB_PUBLIC_URL": hub.url})

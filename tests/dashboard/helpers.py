@@ -28,16 +28,18 @@ class Stack:
         assert response.status_code == 202, response.text
         return [job["id"] for job in response.json()["items"]]
 
-    async def job(self, job_id: str) -> dict[str, Any]:
-        response = await self.http.get(f"/v1/jobs/{job_id}")
+    async def job(self, job_id: str, *, key: str = "dev-key") -> dict[str, Any]:
+        response = await self.http.get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {key}"})
         assert response.status_code == 200, response.text
         return dict(response.json())
 
-    async def until_status(self, job_id: str, statuses: set[str], within: float = 60) -> dict[str, Any]:
-        job = await self.job(job_id)
+    async def until_status(self, job_id: str, statuses: set[str], within: float = 60, *,
+                           key: str = "dev-key") -> dict[str, Any]:
+        job = await self.job(job_id, key=key)
         async with asyncio.timeout(within):
             while job["status"] not in statuses:  # long-polls: answers as soon as the job's seq moves
-                response = await self.http.get(f"/v1/jobs/{job_id}", params={"wait": 5, "after_seq": job["seq"]})
+                response = await self.http.get(f"/v1/jobs/{job_id}", params={"wait": 5, "after_seq": job["seq"]},
+                                               headers={"Authorization": f"Bearer {key}"})
                 job = response.json()
         return job
 

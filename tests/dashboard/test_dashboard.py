@@ -162,3 +162,39 @@ async def test_job_page_failure_cancel_and_dead_letters(stack: Stack, browser: B
     await page.wait_for_selector("#workers [data-worker]")
     assert await page.locator("#queues [data-queue]").count() >= 1
     assert page.errors == []  # type: ignore[attr-defined]
+
+
+async def test_held_and_delayed_jobs_say_why(stack: Stack, browser: Browser) -> None:
+    # acme may run one job at a time (conftest): its second job is held; a third is delayed by ten minutes.
+    acme = {"key": "acme-key"}
+    busy = (await stack.submit({"steps": 600, "delay": 0.1}, **acme))["id"]
+    held = await stack.submit({"steps": 1}, **acme)
+    assert held["queued_reason"] == "tenant_concurrency_limit"
+    delayed = await stack.submit({"steps": 1}, delay=600, **acme)
+    assert delayed["queued_reason"] == "delayed"
+    page = await open_dashboard(browser, stack, key="acme-key")
+
+    # The list: each says why it waits, and the delayed one counts down to its start instead of up.
+    await page.wait_for_selector(f'{row(held["id"])}[data-queued-reason="tenant_concurrency_limit"]')
+    assert "limit" in (await page.text_content(f'{row(held["id"])} .reason') or "")
+    await page.wait_for_selector(f'{row(delayed["id"])}[data-queued-reason="delayed"]')
+    assert (await page.text_content(f'{row(delayed["id"])} .reason') or "").startswith("delayed until ")
+    countdown = await page.text_content(f'{row(delayed["id"])} .timing') or ""
+    assert countdown.startswith(("starts in 9m", "starts in 10m")), countdown
+    assert await page.get_attribute(row(busy), "data-queued-reason") == ""  # running: no reason
+    await screenshot(page, "dashboard-waiting-reasons.png")
+
+    # The delayed job's page: the reason in words and the time it starts.
+    await page.click(f'{row(delayed["id"])} a.name')
+    await page.wait_for_selector('#queued-reason[data-reason="delayed"]')
+    facts = await page.text_content("#facts") or ""
+    assert "starts at" in facts and "delayed until" in (await page.text_content("#queued-reason") or "")
+    await screenshot(page, "dashboard-delayed-job.png")
+
+    # Once the running job ends, the held one is released: it runs and its reason is gone.
+    response = await stack.http.post(f"/v1/jobs/{busy}/cancel", headers={"Authorization": "Bearer acme-key"})
+    assert response.status_code in (200, 202), response.text
+    await page.goto(f"{stack.url}/dashboard#/jobs/{held['id']}")
+    await page.wait_for_selector('.job-head[data-status="succeeded"]', timeout=60_000)
+    assert await page.locator("#queued-reason").count() == 0
+    assert page.errors == []  # type: ignore[attr-defined]

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_support import seed_catalog, serve
+from gateway_support import seed_catalog, serve, serve_seeded
 from sqlalchemy import Engine
 
-from longrun_common.db import create_db_engine
 from longrun_common.settings import Settings
 from longrun_gateway.app import create_app
 from tests.support.processes import free_port
@@ -54,8 +53,5 @@ async def client(settings: Settings, seeded: Engine) -> AsyncIterator[httpx.Asyn
 async def lite_client(sqlite_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """A client for a gateway on SQLite, with the catalog seeded."""
 
-    engine = create_db_engine(sqlite_settings)
-    seed_catalog(engine)
-    engine.dispose()
-    async with serve(create_app(sqlite_settings)) as http:
+    async with serve_seeded(sqlite_settings) as http:
         yield http

@@ -14,7 +14,10 @@ from sqlmodel import Session
 from starlette.types import Message, Receive, Scope, Send
 
 from longrun_common.catalog import TaskPolicy
+from longrun_common.db import create_db_engine
 from longrun_common.models import TaskRecord
+from longrun_common.settings import Settings
+from longrun_gateway.app import create_app
 from longrun_gateway.state import Gateway
 
 DEV = {"Authorization": "Bearer dev-key"}
@@ -105,6 +108,16 @@ async def serve(app: FastAPI, *, raise_app_exceptions: bool = True) -> AsyncIter
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as client:
             client.gateway = state["gateway"]  # type: ignore[attr-defined]
             yield client
+
+
+@contextlib.asynccontextmanager
+async def serve_seeded(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """`serve` for a gateway on `settings`, its task catalog seeded first as a worker would have left it."""
+    engine = create_db_engine(settings)
+    seed_catalog(engine)
+    engine.dispose()
+    async with serve(create_app(settings)) as client:
+        yield client
 
 
 def gateway_of(client: httpx.AsyncClient) -> Gateway:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from gateway_support import DEV, error_of, seed_catalog, serve, submit
+from gateway_support import DEV, error_of, seed_catalog, serve, serve_seeded, submit
 from sqlmodel import Session, col, update
 
 from longrun_common.db import create_db_engine
@@ -284,10 +284,7 @@ async def test_redis_down_jobs_are_accepted_and_read_from_sql(sqlite_url: str, t
         key_prefix="down",
         api_keys="dev:dev-key",
     )
-    engine = create_db_engine(settings)
-    seed_catalog(engine)
-    engine.dispose()
-    async with serve(create_app(settings)) as client:
+    async with serve_seeded(settings) as client:
         # Accepted: the SQL row is the record; the reconciler publishes once Redis is back.
         job = await submit(client)
         assert job["status"] == "queued" and job["seq"] == 0

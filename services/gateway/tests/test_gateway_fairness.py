@@ -8,11 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from gateway_support import ACME, DEV, error_of, seed_catalog, serve, submit
+from gateway_support import ACME, DEV, error_of, serve_seeded, submit
 
-from longrun_common.db import create_db_engine
 from longrun_common.settings import Settings
-from longrun_gateway.app import create_app
 
 pytestmark = pytest.mark.integration
 
@@ -22,11 +20,8 @@ BODY = {"task": "demo.steps", "args": {"steps": 1}}
 @pytest.fixture
 async def gateway(sqlite_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """A gateway where tenant acme may submit a job every five seconds, and dev run one job at a time."""
-    engine = create_db_engine(sqlite_settings)
-    seed_catalog(engine)
-    engine.dispose()
     settings = Settings(**{**sqlite_settings.model_dump(), "tenant_limits": "acme:rate=0.2,dev:concurrency=1"})
-    async with serve(create_app(settings)) as client:
+    async with serve_seeded(settings) as client:
         yield client
 
 

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gateway_support import DEV, error_of, gateway_of, seed_catalog, serve, submit, wait_subscribed
+from gateway_support import DEV, error_of, gateway_of, serve, serve_seeded, submit, wait_subscribed
 from prometheus_client.parser import text_string_to_metric_families
 
-from longrun_common.db import create_db_engine
 from longrun_common.events import JobError
 from longrun_common.keys import Keys
 from longrun_common.publisher import EventSpec, Publisher
@@ -53,10 +52,7 @@ async def test_readyz_names_redis_while_it_is_down_and_recovers(
     private_redis: RedisServer, sqlite_url: str, key_prefix: str
 ) -> None:
     settings = Settings(redis_url=private_redis.url, database_url=sqlite_url, key_prefix=key_prefix)
-    engine = create_db_engine(settings)
-    seed_catalog(engine)
-    engine.dispose()
-    async with serve(create_app(settings)) as client:
+    async with serve_seeded(settings) as client:
         assert (await client.get("/readyz")).status_code == 200
         job = await submit(client)
         # A parked long-poll learns that the subscription broke and answers (from SQL) instead of hanging.
@@ -85,6 +81,28 @@ async def test_readyz_names_redis_while_it_is_down_and_recovers(
             EventSpec(job["id"], "status", JobStatus.FAILED, 1, error=JobError(type="x", message="y")),
         )
         assert (await asyncio.wait_for(poll, 5)).json()["status"] == "failed"
+
+
+async def test_readyz_checks_a_broker_of_its_own_and_names_it_when_down(
+    private_redis: RedisServer, sqlite_url: str, key_prefix: str
+) -> None:
+    broker = RedisServer().start()
+    try:
+        settings = Settings(redis_url=private_redis.url, broker_url=broker.url, database_url=sqlite_url,
+                            key_prefix=key_prefix)
+        async with serve(create_app(settings)) as client:
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["checks"] == {"database": "ok", "redis": "ok", "broker": "ok"}
+            broker.stop()  # the event bus still answers: only the broker is named
+            down = await client.get("/readyz")
+            assert down.status_code == 503
+            checks = down.json()["checks"]
+            assert checks["database"] == "ok" and checks["redis"] == "ok" and checks["broker"].startswith("error: ")
+            broker.start()  # same port
+            assert (await ready_within(client, 10)).status_code == 200
+    finally:
+        broker.stop()
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -156,10 +174,7 @@ async def test_a_long_poll_that_outlives_an_outage_goes_back_to_events(
     private_redis: RedisServer, sqlite_url: str, key_prefix: str
 ) -> None:
     settings = Settings(redis_url=private_redis.url, database_url=sqlite_url, key_prefix=key_prefix)
-    engine = create_db_engine(settings)
-    seed_catalog(engine)
-    engine.dispose()
-    async with serve(create_app(settings)) as client:
+    async with serve_seeded(settings) as client:
         job = await submit(client)  # SQL holds seq 0; the queued event (seq 1) lives only in Redis
         private_redis.stop()
         start = time.monotonic()

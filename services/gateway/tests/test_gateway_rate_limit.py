@@ -8,12 +8,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from gateway_support import ACME, DEV, error_of, seed_catalog, serve, submit
+from gateway_support import ACME, DEV, error_of, serve_seeded, submit
 
-from longrun_common.db import create_db_engine
 from longrun_common.keys import Keys
 from longrun_common.settings import Settings
-from longrun_gateway.app import create_app
 from longrun_gateway.ratelimit import SubmitLimiter
 from tests.support.processes import free_port
 
@@ -25,10 +23,7 @@ BODY = {"task": "demo.steps", "args": {"steps": 1}}
 @pytest.fixture
 async def limited(sqlite_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """A gateway allowing one submission per second per tenant."""
-    engine = create_db_engine(sqlite_settings)
-    seed_catalog(engine)
-    engine.dispose()
-    async with serve(create_app(sqlite_settings.model_copy(update={"tenant_rate_limit": 1.0}))) as client:
+    async with serve_seeded(sqlite_settings.model_copy(update={"tenant_rate_limit": 1.0})) as client:
         yield client
 
 
@@ -90,9 +85,6 @@ async def test_limit_fails_open_while_redis_is_down(sqlite_url: str) -> None:
         api_keys="dev:dev-key",
         tenant_rate_limit=1.0,
     )
-    engine = create_db_engine(settings)
-    seed_catalog(engine)
-    engine.dispose()
-    async with serve(create_app(settings)) as client:
+    async with serve_seeded(settings) as client:
         for _ in range(3):  # accepted: SQL holds them, the reconciler publishes once Redis is back
             await submit(client)

@@ -7,11 +7,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from gateway_support import DEV, error_of, seed_catalog, serve
+from gateway_support import DEV, error_of, serve_seeded
 
-from longrun_common.db import create_db_engine
 from longrun_common.settings import Settings
-from longrun_gateway.app import create_app
 
 pytestmark = pytest.mark.integration
 
@@ -20,10 +18,7 @@ pytestmark = pytest.mark.integration
 async def routed(sqlite_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """A gateway whose configured queues are `default` and `reports` (not `low`, reports.build's default)."""
     settings = sqlite_settings.model_copy(update={"queues": "default,reports"})
-    engine = create_db_engine(settings)
-    seed_catalog(engine)
-    engine.dispose()
-    async with serve(create_app(settings)) as http:
+    async with serve_seeded(settings) as http:
         yield http
 
 

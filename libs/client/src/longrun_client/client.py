@@ -55,6 +55,19 @@ class _Base:
         return http.build_request(call.method, call.path, params=call.params, json=call.json,
                                   headers=call.headers, files=files, timeout=timeout)
 
+    def _retry_delay(self, call: Call[Any], attempt: int, outcome: httpx.Response | httpx.TransportError) -> float:
+        """How long to wait before sending `call` again after this failed attempt; raises when it was the last
+        (the sync and async `send` share this, and differ only in how they send and sleep)."""
+        if isinstance(outcome, httpx.TransportError):
+            delay = self.retry.delay_after_error(outcome, call.idempotent, attempt)
+            if delay is None:
+                raise ConnectionFailed(f"{call.method} {self.config.url}{call.path}: {outcome!r}") from outcome
+            return delay
+        delay = self.retry.delay_after(outcome, attempt)
+        if delay is None:
+            raise from_response(outcome)
+        return delay
+
     def _kwargs(self) -> dict[str, Any]:
         """What a twin client needs to act as this one (the blocking `follow()` runs an async twin)."""
         return {"url": self.config.url, "api_key": self.config.api_key, "timeout": self.timeout,
@@ -95,23 +108,17 @@ class Client(_Base):
 
     def send(self, call: Call[T]) -> T:
         """Send a call, retrying 429/503 and connection failures; the answer parsed, or an `ApiError`."""
-        for attempt in range(self.retry.attempts):
+        attempt = 0
+        while True:  # until an answer, or `_retry_delay` raises
             with ExitStack() as stack:
                 try:
-                    response = self.http.send(self._build(self.http, call, stack))
+                    outcome: httpx.Response | httpx.TransportError = self.http.send(self._build(self.http, call, stack))
                 except httpx.TransportError as exc:
-                    delay = self.retry.delay_after_error(exc, call.idempotent, attempt)
-                    if delay is None:
-                        raise ConnectionFailed(f"{call.method} {self.config.url}{call.path}: {exc!r}") from exc
-                    time.sleep(delay)
-                    continue
-            if response.is_success:
-                return call.parse(response)
-            delay = self.retry.delay_after(response, attempt)
-            if delay is None:
-                raise from_response(response)
-            time.sleep(delay)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+                    outcome = exc
+            if isinstance(outcome, httpx.Response) and outcome.is_success:
+                return call.parse(outcome)
+            time.sleep(self._retry_delay(call, attempt, outcome))
+            attempt += 1
 
     submit = _sync(ops.submit)
     get = _sync(ops.get)
@@ -183,23 +190,18 @@ class AsyncClient(_Base):
 
     async def send(self, call: Call[T]) -> T:
         """As `Client.send`, without blocking the event loop."""
-        for attempt in range(self.retry.attempts):
+        attempt = 0
+        while True:
             with ExitStack() as stack:
                 try:
-                    response = await self.http.send(self._build(self.http, call, stack))
+                    outcome: httpx.Response | httpx.TransportError = await self.http.send(
+                        self._build(self.http, call, stack))
                 except httpx.TransportError as exc:
-                    delay = self.retry.delay_after_error(exc, call.idempotent, attempt)
-                    if delay is None:
-                        raise ConnectionFailed(f"{call.method} {self.config.url}{call.path}: {exc!r}") from exc
-                    await asyncio.sleep(delay)
-                    continue
-            if response.is_success:
-                return call.parse(response)
-            delay = self.retry.delay_after(response, attempt)
-            if delay is None:
-                raise from_response(response)
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+                    outcome = exc
+            if isinstance(outcome, httpx.Response) and outcome.is_success:
+                return call.parse(outcome)
+            await asyncio.sleep(self._retry_delay(call, attempt, outcome))
+            attempt += 1
 
     submit = _async(ops.submit)
     get = _async(ops.get)

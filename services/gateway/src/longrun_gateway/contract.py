@@ -233,7 +233,8 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     status: str = Field(description="`ok` or `unavailable`")
-    checks: dict[str, str] = Field(description="`ok` or `error: …` per dependency (database, redis)")
+    checks: dict[str, str] = Field(description="`ok` or `error: …` per dependency (database, redis, and "
+                                              "broker when LONGRUN_BROKER_URL names a Redis of its own)")
 
 
 # --- the document -------------------------------------------------------------------------------------------

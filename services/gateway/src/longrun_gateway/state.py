@@ -34,6 +34,7 @@ class Gateway:
     engine: Engine
     redis: SyncRedis
     aredis: AsyncRedis
+    abroker: AsyncRedis | None  # the Celery broker when it is a Redis of its own (LONGRUN_BROKER_URL), for /readyz
     celery: Celery
     keys: Keys
     publisher: Publisher
@@ -68,6 +69,7 @@ class Gateway:
             engine=engine,
             redis=sync_client,
             aredis=async_client,
+            abroker=async_redis(settings.broker_url) if settings.celery_broker_url != settings.redis_url else None,
             celery=celery,
             keys=keys,
             publisher=publisher,
@@ -92,7 +94,9 @@ class Gateway:
         self.metrics.unwatch_dead_letters()
         self.metrics.unwatch_jobs()
         await self.live.aclose()
-        await self.aredis.aclose()  # type: ignore[attr-defined]  # types-redis lags redis 8
+        for client in (self.aredis, self.abroker):
+            if client is not None:
+                await client.aclose()  # type: ignore[attr-defined]  # types-redis lags redis 8
         self.redis.close()
         self.celery.close()
         self.engine.dispose()

@@ -12,7 +12,6 @@ Label values come from small closed sets (task names, outcomes, reasons): never 
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import logging
 import math
@@ -22,7 +21,6 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -30,6 +28,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
+from longrun_common.processes import pid_alive
 from longrun_common.telemetry import retry_reason
 
 log = logging.getLogger(__name__)
@@ -128,25 +127,11 @@ def forget_dead_processes(path: str) -> list[int]:
         if match is None:
             continue
         pid = int(match.group(1))
-        if pid in dead or _alive(pid):
+        if pid in dead or pid_alive(pid):
             continue
         mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
         dead.append(pid)
     return dead
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (a child exited, not yet reaped by the pool) is dead for our purpose.
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
-            return False
-    return True
 
 
 class WorkerCollector(Collector):

@@ -31,7 +31,8 @@ from celery.worker.request import Request
 
 from longrun_common.catalog import TaskPolicy
 from longrun_common.events import JobError
-from longrun_common.jobs import sql_floor
+from longrun_common.jobs import JobStore, sql_floor
+from longrun_common.models import Job
 from longrun_common.settings import Settings
 from longrun_common.states import JobStatus
 
@@ -63,15 +64,8 @@ def end_timed_out_attempt(res: Resources, job_id: str, attempt: int, worker: str
     there first, another worker runs the attempt) changes nothing. Returns whether this call ended it.
     """
     store = res.store
-    job = store.get(job_id)
-    if job is None or job.attempt != attempt:
-        return False
-    status = JobStatus(job.status)
-    if status in (JobStatus.QUEUED, JobStatus.RETRYING):
-        # Killed before it began: begin it now so the attempt is recorded and counts against the budget.
-        if not store.begin_attempt(job_id, attempt, worker):
-            return False
-    elif status is not JobStatus.RUNNING or job.worker != worker:
+    job = _attempt_to_end(store, job_id, attempt, worker)
+    if job is None:
         return False
     floor = sql_floor(job.seq)
     if job.cancel_requested_at is not None:
@@ -86,6 +80,24 @@ def end_timed_out_attempt(res: Resources, job_id: str, attempt: int, worker: str
     log.warning("job %s attempt %s: %s; no attempts left", job_id, attempt, message)
     return store.finish_if(job_id, attempt, JobStatus.FAILED, only_from=RUNNING, error=error, dead_letter=True,
                            seq_floor=floor)
+
+
+def _attempt_to_end(store: JobStore, job_id: str, attempt: int, worker: str) -> Job | None:
+    """The job, if `attempt` is this worker's to end: running here, or begun now because it never began."""
+    job = store.get(job_id)
+    if job is None or job.attempt != attempt:
+        return None
+    if JobStatus(job.status) in (JobStatus.QUEUED, JobStatus.RETRYING):
+        # Killed before it began: begin it now so the attempt is recorded and counts against the budget.
+        if store.begin_attempt(job_id, attempt, worker):
+            return job
+        # The limit may have interrupted the child's own begin_attempt while its COMMIT was on the wire:
+        # PostgreSQL still commits it, after our read above; ours waited for that row and found it running.
+        # That attempt is ours to end too (else it stays running until the reaper calls it lost).
+        job = store.get(job_id)
+    running_here = (job is not None and job.attempt == attempt and job.status == JobStatus.RUNNING.value
+                    and job.worker == worker)
+    return job if running_here else None
 
 
 def _policy(task: str) -> TaskPolicy:

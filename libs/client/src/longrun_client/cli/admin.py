@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ..client import Client
 from ..models import ApiKey
-from .common import EXIT_API, emit, err, fail, handles_errors, options, print_items
+from .common import EXIT_API, JsonFlag, emit, err, fail, handles_errors, list_items, options, with_client
 from .tables import keys_table, schema_table, tasks_table
 
 tasks_app = typer.Typer(help="The task catalog.", no_args_is_help=True)
@@ -17,30 +18,23 @@ files_app = typer.Typer(help="Upload files for tasks (tasks take file ids).", no
 keys_app = typer.Typer(help="API keys of your tenant (needs a key with the admin scope).", no_args_is_help=True)
 workflows_app = typer.Typer(help="Workflows: chains, groups and chords of jobs.", no_args_is_help=True)
 
-JsonFlag = Annotated[bool, typer.Option("--json")]
-
 
 @tasks_app.command("ls")
 @handles_errors
 def list_tasks(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Every task with its arguments."""
-    opts = options(ctx)
-    with opts.client() as client:
-        tasks = client.tasks()
-    print_items(opts.machine(as_json), tasks, tasks_table)
+    list_items(ctx, as_json, lambda client: client.tasks(), tasks_table)
 
 
 @tasks_app.command("show")
 @handles_errors
 def show_task(ctx: typer.Context, name: str, as_json: JsonFlag = False) -> None:
     """A task's arguments (type, default, constraints) and policy."""
-    opts = options(ctx)
-    with opts.client() as client:
-        found = [t for t in client.tasks() if t.name == name]
+    machine, found = with_client(ctx, as_json, lambda client: [t for t in client.tasks() if t.name == name])
     if not found:
         fail(f"no task named {name!r} (see `longrun tasks ls`)", EXIT_API)
     task = found[0]
-    if opts.machine(as_json):
+    if machine:
         emit(task.raw)
         return
     console = Console()
@@ -68,7 +62,7 @@ def upload(ctx: typer.Context, paths: list[Path], as_json: JsonFlag = False) -> 
                                 highlight=False)
 
 
-def _show_key(key: ApiKey, machine: bool) -> None:
+def _show_key(machine: bool, key: ApiKey) -> None:
     if machine:
         emit(key.raw)
         return
@@ -85,33 +79,30 @@ def create_key(ctx: typer.Context, name: str,
                expires_in: Annotated[int | None, typer.Option(min=1, help="seconds; default never")] = None,
                as_json: JsonFlag = False) -> None:
     """Create a key for your tenant; the key is shown once."""
-    opts = options(ctx)
-    with opts.client() as client:
-        _show_key(client.create_key(name, scopes=scope, expires_in=expires_in), opts.machine(as_json))
+    _show_key(*with_client(ctx, as_json, lambda client: client.create_key(name, scopes=scope, expires_in=expires_in)))
 
 
 @keys_app.command("ls")
 @handles_errors
 def list_keys(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Your tenant's keys (never the secrets)."""
-    opts = options(ctx)
-    with opts.client() as client:
+
+    def every_key(client: Client) -> list[ApiKey]:
         keys, cursor = [], None
         while True:
             page = client.list_keys(cursor=cursor)
             keys.extend(page.items)
             if not page.next_cursor:
-                break
+                return keys
             cursor = page.next_cursor
-    print_items(opts.machine(as_json), keys, keys_table)
+
+    list_items(ctx, as_json, every_key, keys_table)
 
 
 @keys_app.command("show")
 @handles_errors
 def show_key(ctx: typer.Context, key_id: str, as_json: JsonFlag = False) -> None:
-    opts = options(ctx)
-    with opts.client() as client:
-        _show_key(client.get_key(key_id), opts.machine(as_json))
+    _show_key(*with_client(ctx, as_json, lambda client: client.get_key(key_id)))
 
 
 @keys_app.command("rotate")
@@ -120,15 +111,11 @@ def rotate_key(ctx: typer.Context, key_id: str,
                grace_seconds: Annotated[int | None, typer.Option(min=0, help="seconds the old key still works")] = None,
                as_json: JsonFlag = False) -> None:
     """A new key replacing this one; the old one keeps working for the grace period."""
-    opts = options(ctx)
-    with opts.client() as client:
-        _show_key(client.rotate_key(key_id, grace_seconds=grace_seconds), opts.machine(as_json))
+    _show_key(*with_client(ctx, as_json, lambda client: client.rotate_key(key_id, grace_seconds=grace_seconds)))
 
 
 @keys_app.command("revoke")
 @handles_errors
 def revoke_key(ctx: typer.Context, key_id: str, as_json: JsonFlag = False) -> None:
     """The key stops working."""
-    opts = options(ctx)
-    with opts.client() as client:
-        _show_key(client.revoke_key(key_id), opts.machine(as_json))
+    _show_key(*with_client(ctx, as_json, lambda client: client.revoke_key(key_id)))

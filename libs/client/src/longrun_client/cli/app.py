@@ -25,6 +25,7 @@ from .common import (
     EXIT_CODES_HELP,
     EXIT_DETACHED,
     EXIT_USAGE,
+    JsonFlag,
     Options,
     emit,
     err,
@@ -44,8 +45,6 @@ app.add_typer(admin.tasks_app, name="tasks")
 app.add_typer(admin.files_app, name="files")
 app.add_typer(admin.keys_app, name="keys")
 app.add_typer(admin.workflows_app, name="workflows")
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="NDJSON on stdout (the default when not a terminal)")]
 
 
 @app.callback()

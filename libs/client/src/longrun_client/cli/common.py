@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -35,6 +35,8 @@ EXIT_CODES_HELP = (
 )
 
 err = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="NDJSON on stdout (the default when not a terminal)")]
 
 
 @dataclass
@@ -110,8 +112,17 @@ def emit(data: Any) -> None:
     sys.stdout.flush()
 
 
-def print_items(machine: bool, items: Sequence[Any], table: Callable[[Sequence[Any]], Table]) -> None:
-    """Models as NDJSON lines (their JSON as the API gave it), or as one table on the terminal."""
+def with_client(ctx: typer.Context, as_json: bool, fn: Callable[[Client], T]) -> tuple[bool, T]:
+    """`fn` run with the client of the global options: whether to print for a machine (NDJSON), and its answer."""
+    opts = options(ctx)
+    with opts.client() as client:
+        return opts.machine(as_json), fn(client)
+
+
+def list_items(ctx: typer.Context, as_json: bool, fetch: Callable[[Client], Sequence[Any]],
+               table: Callable[[Sequence[Any]], Table]) -> None:
+    """The whole of a listing command: models as NDJSON lines (their JSON as the API gave it), or one table."""
+    machine, items = with_client(ctx, as_json, fetch)
     if machine:
         for item in items:
             emit(item.raw)

@@ -4,26 +4,40 @@ from __future__ import annotations
 
 import itertools
 import json
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
-from .common import EXIT_USAGE, emit, err, fail, handles_errors, options, print_items
+from ..client import Client
+from .common import EXIT_USAGE, JsonFlag, emit, err, fail, handles_errors, list_items, with_client
 from .tables import job_detail, letters_table
 
 app = typer.Typer(help="Dead letters: jobs that failed after all their attempts.", no_args_is_help=True)
 
+T = TypeVar("T")
+
 TaskFilter = Annotated[str | None, typer.Option(help="only this task's dead letters")]
 ErrorFilter = Annotated[str | None, typer.Option(help="only this error type (e.g. timeout, ValueError)")]
-JsonFlag = Annotated[bool, typer.Option("--json")]
+# `requeue` and `rm` act on one dead letter by id, or on every one matching the filters.
+LetterId = Annotated[str | None, typer.Argument(help="one dead letter (else give filters or --all)")]
+EveryFlag = Annotated[bool, typer.Option("--all", help="every dead letter (no filter)")]
+BulkLimit = Annotated[int | None, typer.Option(min=1, max=500, help="bulk: at most this many")]
 
 
-def _bulk_guard(letter_id: str | None, task: str | None, error_type: str | None, everything: bool) -> None:
+def _one_or_matching(ctx: typer.Context, as_json: bool, letter_id: str | None, task: str | None,
+                     error_type: str | None, everything: bool, limit: int | None, one: Callable[[Client, str], T],
+                     matching: Callable[..., T]) -> tuple[bool, T]:
+    """`one(client, letter_id)`, or `matching(client, task=, error_type=, limit=)` for the filters; returns
+    whether to print for a machine, and the answer."""
     if letter_id and (task or error_type or everything):
         fail("give either a dead letter id or filters, not both", EXIT_USAGE)
     if not letter_id and not (task or error_type or everything):
         fail("give a dead letter id, a filter (--task, --error-type), or --all", EXIT_USAGE)
+    if letter_id:
+        return with_client(ctx, as_json, lambda client: one(client, letter_id))
+    return with_client(ctx, as_json, lambda client: matching(client, task=task, error_type=error_type, limit=limit))
 
 
 @app.command("ls")
@@ -31,21 +45,16 @@ def _bulk_guard(letter_id: str | None, task: str | None, error_type: str | None,
 def list_letters(ctx: typer.Context, task: TaskFilter = None, error_type: ErrorFilter = None,
                  limit: Annotated[int, typer.Option(min=1)] = 20, as_json: JsonFlag = False) -> None:
     """Dead letters, newest failure first."""
-    opts = options(ctx)
-    with opts.client() as client:
-        found = list(itertools.islice(client.iter_dead_letters(task=task, error_type=error_type,
-                                                               page_size=min(limit, 200)), limit))
-    print_items(opts.machine(as_json), found, letters_table)
+    list_items(ctx, as_json, lambda client: list(itertools.islice(
+        client.iter_dead_letters(task=task, error_type=error_type, page_size=min(limit, 200)), limit)), letters_table)
 
 
 @app.command("show")
 @handles_errors
 def show(ctx: typer.Context, letter_id: str, as_json: JsonFlag = False) -> None:
     """One dead letter: its error with the traceback, and every attempt."""
-    opts = options(ctx)
-    with opts.client() as client:
-        letter = client.dead_letter(letter_id)
-    if opts.machine(as_json):
+    machine, letter = with_client(ctx, as_json, lambda client: client.dead_letter(letter_id))
+    if machine:
         emit(letter.raw)
         return
     console = Console()
@@ -60,19 +69,12 @@ def show(ctx: typer.Context, letter_id: str, as_json: JsonFlag = False) -> None:
 
 @app.command("requeue")
 @handles_errors
-def requeue(ctx: typer.Context, letter_id: Annotated[str | None, typer.Argument()] = None, task: TaskFilter = None,
-            error_type: ErrorFilter = None, everything: Annotated[bool, typer.Option("--all")] = False,
-            limit: Annotated[int | None, typer.Option(min=1, max=500, help="bulk: at most this many")] = None,
-            as_json: JsonFlag = False) -> None:
+def requeue(ctx: typer.Context, letter_id: LetterId = None, task: TaskFilter = None, error_type: ErrorFilter = None,
+            everything: EveryFlag = False, limit: BulkLimit = None, as_json: JsonFlag = False) -> None:
     """Run a dead letter's job again (a new attempt), or every dead letter matching the filters."""
-    _bulk_guard(letter_id, task, error_type, everything)
-    opts = options(ctx)
-    with opts.client() as client:
-        if letter_id:
-            job_ids = [client.requeue(letter_id).id]
-        else:
-            job_ids = client.requeue_dead_letters(task=task, error_type=error_type, limit=limit)
-    if opts.machine(as_json):
+    machine, job_ids = _one_or_matching(ctx, as_json, letter_id, task, error_type, everything, limit,
+                                        lambda client, one: [client.requeue(one).id], Client.requeue_dead_letters)
+    if machine:
         emit({"requeued": job_ids})
     else:
         err.print(f"requeued {len(job_ids)} job(s): {' '.join(job_ids)}", highlight=False)
@@ -80,21 +82,17 @@ def requeue(ctx: typer.Context, letter_id: Annotated[str | None, typer.Argument(
 
 @app.command("rm")
 @handles_errors
-def remove(ctx: typer.Context, letter_id: Annotated[str | None, typer.Argument()] = None, task: TaskFilter = None,
-           error_type: ErrorFilter = None, everything: Annotated[bool, typer.Option("--all")] = False,
-           limit: Annotated[int | None, typer.Option(min=1, max=500, help="bulk: at most this many")] = None,
-           as_json: JsonFlag = False) -> None:
+def remove(ctx: typer.Context, letter_id: LetterId = None, task: TaskFilter = None, error_type: ErrorFilter = None,
+           everything: EveryFlag = False, limit: BulkLimit = None, as_json: JsonFlag = False) -> None:
     """Forget a dead letter (its job stays failed), or every dead letter matching the filters."""
-    _bulk_guard(letter_id, task, error_type, everything)
-    opts = options(ctx)
-    with opts.client() as client:
-        if letter_id:
-            client.delete_dead_letter(letter_id)
-            answer = {"deleted": [letter_id]}
-        else:
-            answer = client.delete_dead_letters(task=task, error_type=error_type, limit=limit) or {}
-    if opts.machine(as_json):
+
+    def delete_one(client: Client, one: str) -> dict[str, Any]:
+        client.delete_dead_letter(one)
+        return {"deleted": [one]}
+
+    machine, answer = _one_or_matching(ctx, as_json, letter_id, task, error_type, everything, limit, delete_one,
+                                       lambda client, **filters: client.delete_dead_letters(**filters) or {})
+    if machine:
         emit(answer)
     else:
-        deleted = answer.get("deleted", answer)
-        err.print(f"deleted: {json.dumps(deleted)}", highlight=False)
+        err.print(f"deleted: {json.dumps(answer.get('deleted', answer))}", highlight=False)

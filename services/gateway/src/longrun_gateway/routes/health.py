@@ -11,6 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
+from longrun_common.redis_clients import AsyncRedis
+
 from ..contract import Health, Readiness, error_responses, ok
 from ..deps import GatewayDep
 from ..state import Gateway
@@ -32,9 +34,14 @@ async def healthz() -> dict[str, str]:
     responses={**ok(200, Readiness, "ready"), **ok(503, Readiness, "a dependency does not answer")},
 )
 async def readyz(gateway: GatewayDep) -> JSONResponse:
-    """200 when the database and Redis answer; 503 naming what does not."""
-    database, redis_check = await asyncio.gather(_check_database(gateway), _check_redis(gateway))
-    checks = {"database": database, "redis": redis_check}
+    """200 when the database and Redis answer (and the broker, when it is a Redis of its own); 503 naming what
+    does not."""
+    names = ["database", "redis"]
+    pending = [_check_database(gateway), _check_redis(gateway.aredis)]
+    if gateway.abroker is not None:  # a submit sends to the broker: a gateway that cannot reach it is not ready
+        names.append("broker")
+        pending.append(_check_redis(gateway.abroker))
+    checks = dict(zip(names, await asyncio.gather(*pending), strict=True))
     ok = all(value == "ok" for value in checks.values())
     body: dict[str, Any] = {"status": "ok" if ok else "unavailable", "checks": checks}
     return JSONResponse(body, status_code=200 if ok else 503)
@@ -54,9 +61,9 @@ async def _check_database(gateway: Gateway) -> str:
     return "ok"
 
 
-async def _check_redis(gateway: Gateway) -> str:
+async def _check_redis(client: AsyncRedis) -> str:
     try:
-        await asyncio.wait_for(gateway.aredis.ping(), CHECK_TIMEOUT)
+        await asyncio.wait_for(client.ping(), CHECK_TIMEOUT)
     except TimeoutError:
         return f"error: no answer within {CHECK_TIMEOUT:g}s"
     except Exception as exc:  # report any failure; readiness must not raise

@@ -2,7 +2,7 @@
 // (since=0 over the hub), and — for a workflow — its tree of children with live bars.
 import { api } from "./api.js";
 import { TERMINAL, applyFrame, badge, bar, clock, duration, el, epoch, errorText, jsonBlock, metaChips, notice, put,
-  percentOf, phase, timing } from "./ui.js";
+  percentOf, phase, queuedReason, timing } from "./ui.js";
 
 const MAX_TIMELINE = 1000; // rows kept on the page; older ones are counted, not drawn
 
@@ -11,6 +11,7 @@ function facts(job) {
   const finished = epoch(job.finished_at);
   const rows = [
     ["queue", job.queue], ["priority", job.priority], ["attempt", `${job.attempt} of ${job.max_attempts ?? "?"}`],
+    ["starts at", job.run_at && job.status === "queued" ? clock(job.run_at) : null],
     ["created", clock(job.created_at)], ["started", clock(job.started_at)], ["finished", clock(job.finished_at)],
     ["run time", started ? duration((finished ?? Date.now() / 1000) - started) : "—"],
     ["next retry", job.next_retry_at && !TERMINAL.has(job.status) ? clock(job.next_retry_at) : null],
@@ -93,12 +94,14 @@ export function jobView(root, ctx, jobId) {
     head.dataset.status = job.status;
     head.dataset.phase = p;
     const progress = job.progress || {};
+    const reason = queuedReason(job);
     const counts = progress.total ? `${progress.current ?? 0} / ${progress.total}` : "";
     put(progressBox, el("h2", {}, "Progress"), bar(job, true),
       el("div", { class: "big-line" }, el("strong", { id: "percent" }, p === "cancelled-queued" ? "never started"
         : `${percentOf(job).toFixed(1)}%`), el("span", {}, counts), el("span", { class: "timing" }, timing(job))),
       el("div", { class: "stage" }, progress.stage ? el("span", { class: "chip" }, progress.stage) : null,
         el("span", { id: "message" }, progress.message || "")),
+      reason ? el("p", { class: "reason", id: "queued-reason", dataset: { reason: job.queued_reason } }, reason) : null,
       metaChips(progress.meta));
     put(factsBox, el("h2", {}, "Job"), facts(job), el("h3", {}, "Arguments"), jsonBlock(job.args ?? {}));
     errorBox.hidden = !job.error;

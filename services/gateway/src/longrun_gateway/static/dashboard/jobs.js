@@ -1,6 +1,7 @@
 // The jobs list: filters, cursor paging, and a live bar per job (frames from the shared hub socket).
 import { api } from "./api.js";
-import { TERMINAL, ago, applyFrame, badge, bar, el, errorText, metaChips, percentOf, phase, timing } from "./ui.js";
+import { TERMINAL, ago, applyFrame, badge, bar, el, errorText, metaChips, percentOf, phase, queuedReason, timing }
+  from "./ui.js";
 
 const REFRESH_MS = 4000;
 const NOT_STARTED = new Set(["waiting", "cancelled-queued"]); // no percent: nothing has run
@@ -86,6 +87,8 @@ export function jobsView(root, ctx) {
       seq: String(job.seq ?? 0), frames: String(entry.frames) });
     const progress = job.progress || {};
     const detail = [progress.stage, progress.message].filter(Boolean).join(" · ");
+    const reason = queuedReason(job);
+    node.dataset.queuedReason = reason ? job.queued_reason : "";
     const attempt = job.max_attempts ? `attempt ${job.attempt}/${job.max_attempts}` : `attempt ${job.attempt}`;
     node.replaceChildren(
       el("a", { class: "name", href: `#/jobs/${job.id}` }, el("span", { class: "task" }, job.task),
@@ -94,7 +97,7 @@ export function jobsView(root, ctx) {
         el("div", { class: "line" },
           p === "failed" || (p === "retrying" && job.error)
             ? el("span", { class: "error-text" }, errorText(job.error) || "failed")
-            : el("span", { class: "message" }, detail),
+            : reason && !detail ? el("span", { class: "reason" }, reason) : el("span", { class: "message" }, detail),
           metaChips(progress.meta))),
       el("div", { class: "pct" }, NOT_STARTED.has(p) ? "—" : `${Math.round(percent)}%`),
       el("div", { class: "state-col" }, badge(job), el("small", { class: "attempts" }, attempt)),

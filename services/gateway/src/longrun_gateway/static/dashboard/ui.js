@@ -91,6 +91,21 @@ export function bar(job, big = false) {
     "aria-valuenow": Math.round(percent), "aria-valuemin": 0, "aria-valuemax": 100 }, fill);
 }
 
+// Why a queued job is not on a worker's queue yet (the job view's `queued_reason`), in words.
+const REASONS = {
+  delayed: "delayed: starts at its set time",
+  waiting_for_dependencies: "waiting for the workflow steps it depends on",
+  fair_share: "held for fair share: other tenants' jobs go first",
+  tenant_concurrency_limit: "held: this tenant already runs as many jobs as its limit allows",
+};
+
+/** The `queued_reason` of a job still queued, in words (the code itself for one this page does not know). */
+export function queuedReason(job) {
+  if (job.status !== "queued" || !job.queued_reason) return null;
+  if (job.queued_reason === "delayed" && job.run_at) return `delayed until ${clock(job.run_at)}`;
+  return REASONS[job.queued_reason] || job.queued_reason;
+}
+
 /** "ETA 12s", "next try in 3s", "took 4.2s", "waited 10s" … the one time that matters for the job now. */
 export function timing(job) {
   const now = Date.now() / 1000;
@@ -107,6 +122,8 @@ export function timing(job) {
     const next = epoch(job.next_retry_at);
     return next ? `next try in ${duration(next - now)}` : "retry pending";
   }
+  const runAt = job.status === "queued" ? epoch(job.run_at) : null;
+  if (runAt && runAt > now && p !== "cancelling") return `starts in ${duration(runAt - now)}`;
   if (p === "waiting" || p === "queued" || p === "cancelling") return created ? `waiting ${duration(now - created)}` : "";
   if (finished && started) return `took ${duration(finished - started)}`;
   if (finished && created) return `after ${duration(finished - created)} in queue`;
