@@ -50,6 +50,11 @@ return 0
 """
 
 
+def presence_interval(settings: Settings) -> float:
+    """How often a worker's main process renews its presence key (and after Redis lost it, its jobs' leases)."""
+    return min(settings.lease_seconds / 3, 1.0)
+
+
 class Maintenance:
     """Lease reaper, forced cancels, and the reconciler, for one process."""
 
@@ -70,14 +75,14 @@ class Maintenance:
 
     @property
     def lost_lease_grace(self) -> float:
-        """How long a running job whose lease Redis lost waits for its worker to renew it before it is reaped.
+        """How long a running job whose lease Redis lost waits for its worker to give it back before it is reaped.
 
-        A live worker re-adds its lease at its next heartbeat (every lease / 3) or progress report; a dead one
-        never does. So one heartbeat interval plus 2 s for the worker's Redis client to reconnect, not a whole
-        lease: the job of a worker killed just before Redis lost its data (the lease wiped with it) then runs
-        again within about a lease of the kill, as any other killed worker's job does."""
-        lease = self.settings.lease_seconds
-        return min(lease, lease / 3 + 2.0)
+        A live worker's main process renews its presence every presence interval; the renewal that finds the key
+        gone (Redis lost everything) re-adds the leases of all its running jobs at once (the worker's
+        presence.py). A dead worker never does. So one presence interval plus 2 s for the worker's Redis client
+        to reconnect and its SQL read: a job whose worker was killed shortly before the wipe runs again about
+        when its lost lease would have expired, not a heartbeat interval after the reconciler noticed."""
+        return min(self.settings.lease_seconds, presence_interval(self.settings) + 2.0)
 
     def start(self) -> threading.Event:
         """Run in a daemon thread until the returned event is set."""
