@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 from _chaos_common import Kill, Outcome, Side
+from _chaos_workflow import celery_expected, celery_judge, celery_submit
 from _common import REPO, Stack
 
 from tests.support.processes import Service
@@ -31,7 +32,9 @@ class CelerySide(Side):
         sys.path.insert(0, str(REPO))
         from bench._baseline_celery import create_app
 
-        self.app = create_app(self.broker.url)
+        # A chord needs a result backend: the tutorial's, on the broker Redis (wiped with it), for the workflows.
+        self.backend_url = self.broker.url if args.workflow_steps else None
+        self.app = create_app(self.broker.url, self.backend_url)
 
     def settings_lines(self) -> list[str]:
         return [f"{self.args.workers} x `celery -A bench._baseline_celery worker --concurrency "
@@ -41,7 +44,8 @@ class CelerySide(Side):
                 f"task sleeps {self.args.steps} x {self.args.delay:g}s; ledger in a separate Redis (never restarted)"]
 
     def env(self) -> dict[str, str]:
-        return {"BASELINE_BROKER_URL": self.broker.url, "BASELINE_LEDGER_URL": self.ledger_server.url}
+        return {"BASELINE_BROKER_URL": self.broker.url, "BASELINE_LEDGER_URL": self.ledger_server.url,
+                "BASELINE_BACKEND_URL": self.backend_url or ""}
 
     def start_worker(self, wait: bool) -> Service:
         self.serial += 1
@@ -53,6 +57,8 @@ class CelerySide(Side):
         return service
 
     def submit_all(self) -> list[str]:
+        if self.args.workflow_steps:  # first, as Longrun's
+            celery_submit(self.app, self.args)
         ids = [str(uuid.uuid4()) for _ in range(self.args.jobs)]
         task = self.app.signature("baseline.steps")
         for job_id in ids:
@@ -60,7 +66,11 @@ class CelerySide(Side):
                              task_id=job_id)
         return ids
 
+    def expected(self, ids: list[str]) -> int:
+        return len(ids) + (celery_expected(self.args) if self.args.workflow_steps else 0)
+
     def done(self) -> int:
+        """Completions in the ledger: jobs, workflow steps, fan-ins."""
         return int(self.ledger.scard("done_jobs"))
 
     def in_flight(self, host: str) -> list[tuple[str, int]]:
@@ -117,8 +127,11 @@ class CelerySide(Side):
             out.makespan = float(last) - t0
         done_total = self.ledger.scard("done_jobs")
         out.evidence.append(f"ledger: {done_total} distinct jobs completed; {len(waiting)} messages still in Redis")
+        out.flows = celery_judge(self.ledger, self.args.workflow_steps) if self.args.workflow_steps else []
         for kill in kills:
             for job_id, started_count in kill.in_flight:
+                if job_id not in starts:  # a workflow step
+                    starts[job_id] = [json.loads(s)[0] for s in self.ledger.lrange(f"starts:{job_id}", 0, -1)]
                 later = [ts for ts in starts[job_id][started_count:] if ts > kill.at]
                 if later:
                     out.recoveries.append(later[0] - kill.at)

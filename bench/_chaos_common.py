@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from _chaos_workflow import FlowOutcome
 from _common import percentile
 
 from longrun_common.states import TERMINAL
@@ -52,6 +53,8 @@ class Outcome:
     snapshot_gone: int | None = None  # Longrun: jobs with no Redis snapshot at the end (ended before the restart)
     detections: list[float] = field(default_factory=list)  # kill -> the job given back to the queue, seconds
     detection_by_kill: dict[str, list[float]] = field(default_factory=dict)
+    # Longrun: kill -> when the lease its job last renewed ran out (a Redis wipe in between voids it), seconds
+    lease_expiry_by_kill: dict[str, list[float]] = field(default_factory=dict)
     wiped_at: float | None = None  # when Redis was restarted empty
     # Longrun: each job not ended at the wipe -> seconds until it was back (its first event after the wipe:
     # queued again, retrying, running, or ended); None = never seen again.
@@ -59,6 +62,8 @@ class Outcome:
     # ... each job running at the wipe -> seconds until it ran again (a `running` event: its worker renewed
     # it, or a new attempt started; or it ended).
     running_after_wipe: dict[str, float | None] | None = None
+
+    flows: list[FlowOutcome] = field(default_factory=list)  # the workflows run through the same chaos
 
     @property
     def lost(self) -> int:
@@ -83,6 +88,10 @@ class Side:
 
     def submit_all(self) -> list[str]:
         raise NotImplementedError
+
+    def expected(self, ids: list[str]) -> int:
+        """What `done` counts when everything ended: the jobs, and the workflows' parts this side counts."""
+        return len(ids)
 
     def done(self) -> int:
         """Jobs that reached an end (succeeded; Longrun also failed/cancelled)."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 from _chaos_common import TERMINAL_VALUES, Kill, Outcome, Side, epoch, since
+from _chaos_workflow import longrun_judge, longrun_submit
 from _common import Stack
 from sqlalchemy import func
 from sqlmodel import Session, col, select
@@ -29,12 +30,15 @@ from tests.support.processes import Service
 class LongrunSide(Side):
     name = "Longrun"
 
-    def __init__(self, args: Any, st: Stack):
+    def __init__(self, args: Any, st: Stack, gateway_url: str | None):
         super().__init__(args)
         self.st = st
+        self.gateway_url = gateway_url  # workflows are submitted through it
+        self.roots: dict[str, str] = {}  # workflow shape -> its root job id
         self.store: JobStore = make_store(st.settings)
         self.succeeded_events: dict[str, set[tuple[int, int]]] = defaultdict(set)  # job -> {(attempt, seq)}
         self.live: dict[str, list[tuple[int, str]]] = defaultdict(list)  # job -> (seq, status) as delivered live
+        self.last_report: dict[tuple[str, int], float] = {}  # (job, attempt) -> its last event (each renews the lease)
         self.wipe: tuple[float, float] | None = None  # (Redis stopped, Redis back empty), epoch seconds
         self.active_at_wipe: dict[str, str] = {}  # job -> its SQL status just before the wipe (not ended)
         self.first_after_wipe: dict[str, float] = {}  # job -> when its first event after the wipe arrived
@@ -61,13 +65,20 @@ class LongrunSide(Side):
                               wait=wait)
 
     def submit_all(self) -> list[str]:
+        if self.args.workflow_steps:  # first: their steps run while the kills and the wipe happen
+            assert self.gateway_url is not None, "workflows are submitted through the gateway"
+            self.roots = longrun_submit(self.gateway_url, self.args)
         args = {"steps": self.args.steps, "delay": self.args.delay}
         return [submit(self.store, "demo.steps", args).id for _ in range(self.args.jobs)]
 
+    def expected(self, ids: list[str]) -> int:
+        return len(ids) + len(self.roots)
+
     def done(self) -> int:
+        """Plain jobs and workflow roots that ended (a workflow's steps and nodes have a parent)."""
         with Session(self.store.engine) as session:
-            return int(session.exec(select(func.count()).select_from(Job)
-                                    .where(col(Job.status).in_(TERMINAL_VALUES))).one())
+            return int(session.exec(select(func.count()).select_from(Job).where(
+                col(Job.status).in_(TERMINAL_VALUES), col(Job.parent_id).is_(None))).one())
 
     def in_flight(self, host: str) -> list[tuple[str, int]]:
         with Session(self.store.engine) as session:
@@ -77,7 +88,7 @@ class LongrunSide(Side):
     def restart_redis(self) -> None:
         with Session(self.store.engine) as session:
             self.active_at_wipe = {job_id: status for job_id, status in session.exec(
-                select(Job.id, Job.status).where(col(Job.status).not_in(TERMINAL_VALUES)))}
+                select(Job.id, Job.status).where(col(Job.status).not_in(TERMINAL_VALUES), Job.kind == "job"))}
         stopped = time.time()
         self.st.redis.restart()
         self.wipe = (stopped, time.time())
@@ -100,6 +111,7 @@ class LongrunSide(Side):
                             if event["status"] == "running" or event["status"] in TERMINAL_VALUES:
                                 self.runs_after_wipe.setdefault(event["job_id"], time.time())
                         self.live[event["job_id"]].append((int(event["seq"]), str(event["status"])))
+                        self.last_report[(event["job_id"], int(event["attempt"]))] = time.time()
             except (redis.RedisError, OSError):
                 time.sleep(0.05)
             finally:
@@ -116,21 +128,25 @@ class LongrunSide(Side):
 
     def outcome(self, ids: list[str], kills: list[Kill], t0: float) -> Outcome:
         out = Outcome(self.name, self.settings_lines(), len(ids), kills=kills, t0=t0)
+        with Session(self.store.engine) as session:
+            every = {j.id: j for j in session.exec(select(Job))}
+            attempts: dict[str, list[Attempt]] = defaultdict(list)
+            for row in session.exec(select(Attempt).order_by(col(Attempt.started_at))):
+                attempts[row.job_id].append(row)
+        jobs = {job_id: every[job_id] for job_id in ids}
         if self.wipe is not None:
-            out.wiped_at = self.wipe[0]
-            out.back_after_wipe = {job_id: since(self.first_after_wipe.get(job_id), self.wipe[0])
-                                   for job_id in self.active_at_wipe}
-            out.running_after_wipe = {job_id: since(self.runs_after_wipe.get(job_id), self.wipe[0])
-                                      for job_id, status in self.active_at_wipe.items() if status == "running"}
+            out.wiped_at = stopped = self.wipe[0]
+            # A job that ended between the look at SQL and the restart has nothing left to come back from.
+            active = {job_id: status for job_id, status in self.active_at_wipe.items()
+                      if not (every[job_id].finished_at and epoch(every[job_id].finished_at) < stopped)}
+            out.back_after_wipe = {job_id: since(self.first_after_wipe.get(job_id), stopped) for job_id in active}
+            out.running_after_wipe = {job_id: since(self.runs_after_wipe.get(job_id), stopped)
+                                      for job_id, status in active.items() if status == "running"}
+        out.flows = longrun_judge(self.store, self.roots, self.args.workflow_steps)
         reader = Reader(self.store.keys)
         for job_id in ids:  # streams written after the Redis restart still hold every succeeded event
             for event in reader.events_after(self.store.redis, job_id, 0):
                 self._note(event)
-        with Session(self.store.engine) as session:
-            jobs = {j.id: j for j in session.exec(select(Job))}
-            attempts: dict[str, list[Attempt]] = defaultdict(list)
-            for row in session.exec(select(Attempt).order_by(col(Attempt.started_at))):
-                attempts[row.job_id].append(row)
         pipe = self.store.redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hget(self.store.keys.job(job_id), "seq")
@@ -185,6 +201,10 @@ class LongrunSide(Side):
             for job_id, attempt in kill.in_flight:
                 later = [a for a in attempts[job_id] if a.number > attempt]
                 mine = [a for a in attempts[job_id] if a.number == attempt]
+                renewed = self.last_report.get((job_id, attempt))
+                if renewed is not None and renewed <= kill.at:  # the lease it last renewed ran out then
+                    expiry = renewed + self.st.settings.lease_seconds - kill.at
+                    out.lease_expiry_by_kill.setdefault(kill.host, []).append(expiry)
                 if mine and mine[0].finished_at is not None and mine[0].status != "succeeded":
                     out.detections.append(epoch(mine[0].finished_at) - kill.at)
                     out.detection_by_kill.setdefault(kill.host, []).append(out.detections[-1])

@@ -20,6 +20,11 @@ and the recovery time: from a kill to each job the killed worker was running sta
 time from the Redis wipe until each job not ended then is back (re-queued, running, or ended). The issue-10
 targets are printed as MET/MISSED: kill -> running again p90 <= lease + 3 s; everything back <= 30 s after the
 wipe.
+
+Workflows (issue 11, `--workflow-steps 0` leaves them out): before the jobs, each side submits a chain (a group of
+N long steps, then a fan-in) and a chord (the same), which the same kills and wipe then hit; reported per side:
+ended succeeded, every step completed exactly once, the fan-in ran once with all N inputs (bench/_chaos_workflow.py).
+The modules: _chaos_common (a side's interface, kills, outcomes), _chaos_longrun, _chaos_celery, _chaos_workflow.
 """
 
 
@@ -34,6 +39,7 @@ from typing import Any
 from _chaos_celery import CelerySide
 from _chaos_common import RECOVERY_SLACK, WIPE_BOUND, Kill, Outcome, Side, safe, spread, wipe_spread
 from _chaos_longrun import LongrunSide
+from _chaos_workflow import SHAPES
 from _common import num, parser, percentile, print_table, say, stack
 
 from longrun_common.settings import Settings
@@ -80,16 +86,17 @@ def run_side(side: Side, args: Any) -> Outcome:
         done = safe(side.done, last_done)
         if done != last_done:
             last_done, last_change = done, now
-        if done >= len(ids):
+        if done >= side.expected(ids):
             break
         if now >= deadline:
-            say(f"{side.name}: deadline ({args.timeout:g}s) reached with {done}/{len(ids)} done")
+            say(f"{side.name}: deadline ({args.timeout:g}s) reached with {done}/{side.expected(ids)} done")
             break
         if now > chaos_end and now - max(last_change, chaos_end) > args.settle:
             say(f"{side.name}: nothing finished for {args.settle:g}s after the chaos window; stopping the wait")
             break
         if not restarted and now >= restart_at:
-            say(f"{side.name}: restarting Redis (no persistence) at t+{now - t0:.1f}s; {done}/{len(ids)} done")
+            say(f"{side.name}: restarting Redis (no persistence) at t+{now - t0:.1f}s; "
+                f"{done}/{side.expected(ids)} done")
             side.restart_redis()
             restarted = True
         ready = [i for i, w in enumerate(side.workers) if is_ready(w)]
@@ -105,12 +112,12 @@ def run_side(side: Side, args: Any) -> Outcome:
                 worker.process.wait(10)
             kills.append(Kill(time.time(), host, in_flight))
             say(f"{side.name}: t+{now - t0:.1f}s kill -9 {host} (running {len(in_flight)}); replacing it; "
-                f"{done}/{len(ids)} done")
+                f"{done}/{side.expected(ids)} done")
             del side.workers[index]
             side.workers.append(spawn())
             next_kill += args.kill_every
         time.sleep(0.2)
-    say(f"{side.name}: {last_done}/{len(ids)} done at t+{time.time() - t0:.1f}s; judging")
+    say(f"{side.name}: {last_done}/{side.expected(ids)} done at t+{time.time() - t0:.1f}s; judging")
     out = side.outcome(ids, kills, t0)
     out.ready_after = ready_after
     return out
@@ -136,7 +143,28 @@ def verdicts(o: Outcome, lease: float) -> list[str]:
         lines.append(f"target: Redis wipe -> {label} <= {WIPE_BOUND:g} s -> {'MET' if met else 'MISSED'} "
                      f"(max {max(times, default=0.0):.1f} s over {len(after)} jobs; "
                      f"{len(after) - len(times)} never seen again)")
+    for flow in o.flows:
+        lines.append(f"target (issue 11): the {flow.shape} workflow ends succeeded, every step completed exactly "
+                     f"once, the fan-in ran once with all inputs -> {'MET' if flow.intact else 'MISSED'}")
     return lines
+
+
+def flow_rows(outcomes: list[Outcome]) -> list[list[str]]:
+    """Per workflow shape: how it ended, its steps' completions, and its fan-in, side by side."""
+    rows = []
+    for index, shape in enumerate(SHAPES):
+        flows = [o.flows[index] if len(o.flows) > index else None for o in outcomes]
+        if not any(flows):
+            continue
+        rows += [[f"workflow {shape}: ended", *(f.status if f else "n/a" for f in flows)],
+                 ["  steps completed once / never / twice+", *(
+                     f"{f.completed_once} / {len(f.never_completed)} / {len(f.completed_twice)} of {f.steps}"
+                     if f else "n/a" for f in flows)],
+                 ["  steps started more than once", *(num(f.restarted) if f else "n/a" for f in flows)],
+                 ["  fan-in runs, inputs received", *(
+                     f"{f.fan_in_runs}, {'-' if f.fan_in_inputs is None else f.fan_in_inputs}/{f.steps}"
+                     if f else "n/a" for f in flows)]]
+    return rows
 
 
 def report(outcomes: list[Outcome], args: Any, lease: float) -> None:
@@ -170,6 +198,7 @@ def report(outcomes: list[Outcome], args: Any, lease: float) -> None:
                                                       for o in outcomes)],
         ["worker start -> ready p50 / max", *(f"{percentile(o.ready_after, 50):.1f} s / {max(o.ready_after):.1f} s"
                                               for o in outcomes)],
+        *flow_rows(outcomes),
     ]
     print_table(
         f"Chaos: {args.jobs} jobs, kill -9 a worker every {args.kill_every:g}s for {args.chaos_seconds:g}s "
@@ -192,12 +221,19 @@ def report(outcomes: list[Outcome], args: Any, lease: float) -> None:
     for o in outcomes:
         if o.kills:
             print(f"\n{o.side} kills (t = seconds after t0; for each job the killed worker was running: "
-                  "requeued after / running again after):")
+                  "lease ran out / requeued / running again, after):")
             for k in o.kills:
+                expired = ", ".join(f"{r:.1f}s" for r in o.lease_expiry_by_kill.get(k.host, [])) or "-"
                 requeued = ", ".join(f"{r:.1f}s" for r in o.detection_by_kill.get(k.host, [])) or "-"
                 again = ", ".join(f"{r:.1f}s" for r in o.recovery_by_kill.get(k.host, [])) or "-"
-                print(f"  t+{k.at - o.t0:5.1f}s {k.host:>12}: {len(k.in_flight)} running; requeued after {requeued}; "
-                      f"running again after {again}")
+                print(f"  t+{k.at - o.t0:5.1f}s {k.host:>12}: {len(k.in_flight)} running; "
+                      + (f"last lease ran out after {expired}; " if o.lease_expiry_by_kill else "")
+                      + f"requeued after {requeued}; running again after {again}")
+    for o in outcomes:
+        for flow in o.flows:
+            print(f"\n{o.side} workflow {flow.shape}: {flow.summary()}")
+            for step in [*flow.never_completed, *flow.completed_twice][: args.evidence]:
+                print(f"  {step}")
     for o in outcomes:
         if o.evidence:
             print(f"\n{o.side} evidence ({len(o.evidence)}):")
@@ -232,16 +268,22 @@ def main() -> None:
     ap.add_argument("--gateway", action=argparse.BooleanOptionalAction, default=True,
                     help="run a gateway next to Longrun's workers, as deployed (its reaper is never killed)")
     ap.add_argument("--only", choices=["longrun", "celery"], default=None, help="run one side only")
+    ap.add_argument("--workflow-steps", type=int, default=8,
+                    help="steps in each workflow's group (a chain and a chord, submitted first); 0: no workflows")
+    ap.add_argument("--workflow-step-seconds", type=float, default=12.0,
+                    help="how long each workflow step runs (long enough that the kills and the wipe find them)")
     args = ap.parse_args()
+    if args.workflow_steps and not args.gateway and args.only != "celery":
+        ap.error("Longrun's workflows are submitted through the gateway: drop --no-gateway or add --workflow-steps 0")
 
     outcomes = []
     lease = args.lease_seconds or Settings().lease_seconds
     env = {"LONGRUN_LEASE_SECONDS": f"{lease:g}"}
     with stack(args, name="chaos", extra_env=env) as st:
         if args.only != "celery":
-            if args.gateway:
-                st.gateway()  # as deployed: the reaper runs there too, so it outlives the workers being killed
-            longrun = LongrunSide(args, st)
+            # As deployed: the reaper runs in the gateway too, so it outlives the workers being killed.
+            gateway = st.gateway() if args.gateway else None
+            longrun = LongrunSide(args, st, gateway.url if gateway else None)
             try:
                 outcomes.append(run_side(longrun, args))
             finally:
