@@ -18,6 +18,7 @@ from _chaos_workflow import longrun_judge, longrun_submit
 from _common import Stack
 from sqlalchemy import func
 from sqlmodel import Session, col, select
+from submit_throughput import register_catalog
 
 from longrun_common.jobs import JobStore
 from longrun_common.models import Attempt, Job
@@ -67,6 +68,7 @@ class LongrunSide(Side):
     def submit_all(self) -> list[str]:
         if self.args.workflow_steps:  # first: their steps run while the kills and the wipe happen
             assert self.gateway_url is not None, "workflows are submitted through the gateway"
+            register_catalog(self.st)  # the gateway checks a workflow's tasks against it; no worker has run yet
             self.roots = longrun_submit(self.gateway_url, self.args)
         args = {"steps": self.args.steps, "delay": self.args.delay}
         return [submit(self.store, "demo.steps", args).id for _ in range(self.args.jobs)]

@@ -16,6 +16,7 @@ Not a benchmark (running this file only says so).
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,7 +81,11 @@ def longrun_submit(gateway_url: str, args: Any) -> dict[str, str]:
     roots = {}
     with httpx.Client(base_url=gateway_url, timeout=60) as http:
         for shape in SHAPES:
-            response = http.post("/v1/workflows", json={"spec": longrun_spec(shape, args)}, headers=AUTH)
+            deadline = time.monotonic() + 30
+            # 503 until the gateway sees the catalog just written to SQL (it caches its reading briefly).
+            while (response := http.post("/v1/workflows", json={"spec": longrun_spec(shape, args)},
+                                         headers=AUTH)).status_code == 503 and time.monotonic() < deadline:
+                time.sleep(0.5)
             response.raise_for_status()
             roots[shape] = str(response.json()["id"])
     return roots
