@@ -90,7 +90,8 @@ class LongrunSide(Side):
     def restart_redis(self) -> None:
         with Session(self.store.engine) as session:
             self.active_at_wipe = {job_id: status for job_id, status in session.exec(
-                select(Job.id, Job.status).where(col(Job.status).not_in(TERMINAL_VALUES), Job.kind == "job"))}
+                select(Job.id, Job.status).where(col(Job.status).not_in(TERMINAL_VALUES), Job.kind == "job",
+                                            col(Job.waiting).is_(False)))}
         stopped = time.time()
         self.st.redis.restart()
         self.wipe = (stopped, time.time())

@@ -268,7 +268,9 @@ def main() -> None:
     ap.add_argument("--gateway", action=argparse.BooleanOptionalAction, default=True,
                     help="run a gateway next to Longrun's workers, as deployed (its reaper is never killed)")
     ap.add_argument("--only", choices=["longrun", "celery"], default=None, help="run one side only")
-    ap.add_argument("--workflow-steps", type=int, default=8,
+    # 4 of 12 s: the first kill and the wipe find them running, and they leave most processes to the jobs (8 would
+    # fill 8 of the 12 and hold back every requeued job behind a 12 s step once two workers are down).
+    ap.add_argument("--workflow-steps", type=int, default=4,
                     help="steps in each workflow's group (a chain and a chord, submitted first); 0: no workflows")
     ap.add_argument("--workflow-step-seconds", type=float, default=12.0,
                     help="how long each workflow step runs (long enough that the kills and the wipe find them)")
