@@ -74,5 +74,16 @@ def collect(results: list[int]) -> int:
     return len(results)
 
 
+@app.task(name="baseline.fan_in")
+def fan_in(results: list[int], label: str) -> int:
+    """bench/chaos.py's chord body: records in the ledger that it ran and how many inputs it received."""
+    pipe = ledger().pipeline()
+    pipe.set(f"fan_in:{label}", json.dumps(len(results)))
+    pipe.incr(f"fan_in_runs:{label}")
+    pipe.sadd("done_jobs", f"fan-in:{label}")
+    pipe.execute()
+    return len(results)
+
+
 if __name__ == "__main__":
     print("bench/_baseline_celery.py is the Celery app bench/chaos.py runs as its baseline; not a benchmark.")

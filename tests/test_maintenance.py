@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import update
-from sqlmodel import col
+from sqlmodel import Session, col
 
 from longrun_common.events import Progress
 from longrun_common.jobs import JobStore
@@ -17,7 +17,7 @@ from longrun_common.publisher import EventSpec
 from longrun_common.settings import Settings
 from longrun_common.states import JobStatus
 from tests.support.fixtures import ServiceFactory
-from tests.support.jobs import close_store, make_store, queued_messages, submit, wait_for
+from tests.support.jobs import close_store, make_store, new_job, queued_messages, submit, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -177,6 +177,21 @@ def test_job_whose_lease_redis_lost_with_its_worker_is_requeued_well_within_a_le
     assert took < settings.lease_seconds * 0.8, f"requeued after {took:.1f}s"
     still = job_store.get(alive.id)
     assert still is not None and (still.status, still.attempt) == (JobStatus.RUNNING.value, 1)
+
+
+def test_running_job_whose_lease_redis_lost_is_found_behind_a_backlog_larger_than_one_read(
+    job_store: JobStore, settings: Settings
+) -> None:
+    """After a wipe with more jobs waiting than one read of active jobs returns (500), a running job with no lease
+    still gets its short lease in one reconcile pass, so the reaper can requeue it if its worker is dead."""
+    with Session(job_store.engine) as session:  # the backlog, accepted first (the database returns it first)
+        session.add_all([new_job("demo.steps", {"steps": 1}) for _ in range(600)])
+        session.commit()
+    job = submit(job_store, "demo.steps", {"steps": 2})
+    assert job_store.begin_attempt(job.id, 1, "gone@host")
+    job_store.redis.zrem(job_store.keys.leases(), job.id)
+    Maintenance(job_store, settings).reconcile()
+    assert job_store.redis.zscore(job_store.keys.leases(), job.id) is not None
 
 
 def test_requeue_after_redis_lost_a_job_whose_sql_seq_is_still_zero_numbers_past_what_clients_saw(

@@ -227,3 +227,20 @@ def test_busy_worker_holds_no_message_another_worker_could_run(
     assert {j.worker for j in done}.isdisjoint({still.worker})
     store.request_cancel(long.id)
     wait_for(store, [long.id], timeout=30)
+
+
+def test_quiet_job_of_a_live_worker_is_not_reaped_after_redis_lost_everything(
+    services: ServiceFactory, private_redis: tuple[RedisServer, JobStore]
+) -> None:
+    """Default lease (10 s). A job that reports nothing (one 12 s step: only its heartbeat, every lease / 3, renews
+    its lease) runs while Redis restarts empty. The reconciler gives a running job without a lease only one
+    presence interval plus 2 s (3 s); the worker's presence beat finds its key gone and gives the lease back
+    first, so the live attempt is never reaped as lost: it ends succeeded as attempt 1."""
+    private, store = private_redis
+    services("worker", "--concurrency", "1", env={"LONGRUN_REDIS_URL": private.url})
+    job = submit(store, "demo.steps", {"steps": 1, "delay": 12})
+    _running(store, job.id, 1, timeout=60)
+    private.restart()  # no persistence: the lease and the worker's presence key are gone
+    (done,) = wait_for(store, [job.id], timeout=60)
+    assert done.status == "succeeded" and done.attempt == 1, (done.status, done.attempt, done.error)
+    assert [a.status for a in store.attempts(job.id)] == ["succeeded"]

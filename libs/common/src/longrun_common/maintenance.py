@@ -50,6 +50,11 @@ return 0
 """
 
 
+def presence_interval(settings: Settings) -> float:
+    """How often a worker's main process renews its presence key (and after Redis lost it, its jobs' leases)."""
+    return min(settings.lease_seconds / 3, 1.0)
+
+
 class Maintenance:
     """Lease reaper, forced cancels, and the reconciler, for one process."""
 
@@ -70,14 +75,14 @@ class Maintenance:
 
     @property
     def lost_lease_grace(self) -> float:
-        """How long a running job whose lease Redis lost waits for its worker to renew it before it is reaped.
+        """How long a running job whose lease Redis lost waits for its worker to give it back before it is reaped.
 
-        A live worker re-adds its lease at its next heartbeat (every lease / 3) or progress report; a dead one
-        never does. So one heartbeat interval plus 2 s for the worker's Redis client to reconnect, not a whole
-        lease: the job of a worker killed just before Redis lost its data (the lease wiped with it) then runs
-        again within about a lease of the kill, as any other killed worker's job does."""
-        lease = self.settings.lease_seconds
-        return min(lease, lease / 3 + 2.0)
+        A live worker's main process renews its presence every presence interval; the renewal that finds the key
+        gone (Redis lost everything) re-adds the leases of all its running jobs at once (the worker's
+        presence.py). A dead worker never does. So one presence interval plus 2 s for the worker's Redis client
+        to reconnect and its SQL read: a job whose worker was killed shortly before the wipe runs again about
+        when its lost lease would have expired, not a heartbeat interval after the reconciler noticed."""
+        return min(self.settings.lease_seconds, presence_interval(self.settings) + 2.0)
 
     def start(self) -> threading.Event:
         """Run in a daemon thread until the returned event is set."""
@@ -210,7 +215,11 @@ class Maintenance:
         """Repair what Redis lost or never got: see the table in docs/INTERNALS.md."""
         self._republish_recent_endings()
         workflows.reconcile(self.store)  # steps ended but not applied, released but not started
-        jobs = self.store.active_jobs()
+        # Running jobs read on their own, first: active_jobs reads at most 500 in no particular order, and with a
+        # backlog over that (the database returns queued rows first) a running job whose lease Redis lost, and
+        # whose worker died, would never be given the short lease that lets the reaper requeue it.
+        running = self._running_jobs()
+        jobs = running + [j for j in self.store.active_jobs() if j.status != JobStatus.RUNNING.value]
         if not jobs:
             return
         pipe = self.store.redis.pipeline(transaction=False)
@@ -220,9 +229,9 @@ class Maintenance:
         scheduler = scheduler_for(self.store.celery) if self.store.celery is not None else None
         empty = {q for q in {j.queue for j in jobs} if queue_depth(self.broker, self.store.keys, q, scheduler) == 0}
         settled_before = datetime.now(UTC) - timedelta(seconds=2)  # the gateway publishes right after its commit
-        # Running jobs first: restoring a lost lease is one command, and after Redis lost every key the waiting
-        # jobs may be hundreds of re-announcements that would hold back the reaping of dead workers' jobs.
-        pairs = sorted(zip(jobs, hashes, strict=True), key=lambda pair: pair[0].status != JobStatus.RUNNING.value)
+        # Running jobs first (as read): restoring a lost lease is one command, and after Redis lost every key the
+        # waiting jobs may be hundreds of re-announcements that would hold back the reaping of dead workers' jobs.
+        pairs = list(zip(jobs, hashes, strict=True))
         self._next_reap = time.monotonic() + self.settings.reaper_interval
         for job, found in pairs:
             if not self._keep_reaping():
@@ -231,6 +240,12 @@ class Maintenance:
                 self._reconcile_running(job, found)
             elif _aware(job.updated_at) < settled_before:
                 self._reconcile_waiting(job, found, queue_empty=job.queue in empty)
+
+    def _running_jobs(self) -> list[Job]:
+        """Every running job (at most one per worker process, so a bounded read)."""
+        with Session(self.store.engine) as session:
+            return list(session.exec(select(Job).where(Job.status == JobStatus.RUNNING.value, Job.kind == "job")
+                                     .limit(5000)))
 
     def _keep_reaping(self) -> bool:
         """Reap expired leases and renew the lock every reaper interval during a reconcile pass; False when the

@@ -25,7 +25,8 @@ from longrun_common.states import JobStatus
 from . import broker, fairshare, metrics, tasks  # noqa: F401  (tasks: registers the built-in tasks)
 from .api import REGISTRY, TaskDefinition
 from .catalog import register_catalog
-from .resources import Resources, get_resources, reset_resources
+from .presence import announce_presence
+from .resources import get_resources, reset_resources
 from .runner import run_attempt
 from .timeouts import end_timed_out_attempt, request_class
 
@@ -154,7 +155,7 @@ def _connect_process_hooks(app: Celery, settings: Settings) -> None:
     def start_maintenance(sender: Any = None, **_: Any) -> None:
         hostname = str(getattr(sender, "hostname", ""))
         res = get_resources(settings, app)
-        state["presence"] = _announce_presence(res, settings, hostname)
+        state["presence"] = announce_presence(res, settings, hostname)
         if settings.maintenance:
             state["maintenance"] = Maintenance(res.store, settings, owner=hostname, on_lost=_on_lost).start()
         prefix = f"{res.keys.prefix}."
@@ -199,24 +200,6 @@ def _on_lost(job: Job, error: JobError, retried: bool) -> None:
     """The reaper ended an attempt whose worker vanished."""
     if retried:
         metrics.record_retry(job.task, error.type)
-
-
-def _announce_presence(res: Resources, settings: Settings, hostname: str) -> threading.Event:
-    """Keep `{p}:worker:{hostname}` alive while this main process lives (it expires a lease after death)."""
-    stop = threading.Event()
-    ttl_ms = int(settings.lease_seconds * 1000)
-
-    def beat() -> None:
-        while True:
-            try:
-                res.redis.set(res.keys.worker(hostname), "1", px=ttl_ms)
-            except Exception:
-                log.warning("worker presence not renewed", exc_info=True)
-            if stop.wait(settings.lease_seconds / 3):
-                return
-
-    threading.Thread(target=beat, name="longrun-presence", daemon=True).start()
-    return stop
 
 
 def _drain_after(settings: Settings, app: Celery, hostname: str) -> None:
