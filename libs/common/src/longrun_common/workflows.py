@@ -310,11 +310,33 @@ def finalize(store: Store, node: Job) -> None:
 
 
 def abort(store: Store, root: Job, culprit: Job) -> None:
-    """`fail_fast`: fail the workflow naming the step, and cancel every step still pending."""
+    """`fail_fast`: the workflow and every node between it and the failed step fail, naming the step; every other
+    step still pending is cancelled.
+
+    The nodes fail from the root down: each one's parent has already ended when its own end is applied to it, so
+    no node's end sets the policy off again.
+    """
     message = f"step {culprit.id} ({culprit.task}) {culprit.status}: {(culprit.error or {}).get('message', '')}"
-    store.finish_if(root.id, root.attempt, JobStatus.FAILED, only_from=(JobStatus.RUNNING, JobStatus.QUEUED),
-                    error=JobError(type="workflow_failed", message=message))
-    _cancel_descendants(store, root.id, JobError(type=ABORTED, message=f"workflow failed fast: {message}"))
+    failed = [root, *_ancestors_below(store, culprit, root.id)]
+    for node in failed:
+        store.finish_if(node.id, node.attempt, JobStatus.FAILED, only_from=(JobStatus.RUNNING, JobStatus.QUEUED),
+                        error=JobError(type="workflow_failed", message=message))
+    aborted = JobError(type=ABORTED, message=f"workflow failed fast: {message}")
+    for node in failed:
+        _cancel_descendants(store, node.id, aborted)
+
+
+def _ancestors_below(store: Store, step: Job, root_id: str) -> list[Job]:
+    """The nodes between `root_id` and `step` (both excluded), the outermost first."""
+    chain: list[Job] = []
+    parent_id = step.parent_id
+    while parent_id is not None and parent_id != root_id:
+        node = store.get(parent_id)
+        if node is None:
+            break
+        chain.append(node)
+        parent_id = node.parent_id
+    return chain[::-1]
 
 
 def cancel(store: Store, node: Job) -> Job | None:
