@@ -2,8 +2,9 @@
 
 Longrun: `POST /v1/workflows` with `{"chord": {"group": [1,000 x demo.steps], "then": demo.collect}}` (one
 request, one SQL transaction) through a real gateway, run by a real worker; timed from the POST until the root
-job has succeeded. Reported with it: the root's own events (its live roll-up, which Celery does not have) and the
-Redis commands per child (INFO commandstats of the stack's private Redis, before and after).
+job has succeeded. Reported with it: the root's own events (its live roll-up, which Celery does not have), the
+Redis commands per child (INFO commandstats of the stack's private Redis, before and after) and the SQL statements
+per child (counted in every gateway and worker process by bench/_sqlcount/sitecustomize.py).
 
 Baseline, same run, same machine: Celery's `chord(group(1,000 x baseline.short), baseline.collect)` on
 bench/_baseline_celery.py (tutorial settings plus a Redis result backend, which a chord needs), run by a real
@@ -15,13 +16,17 @@ Target: Longrun's time within 1.5x Celery's. Prints our figure, the baseline, th
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any
 
 import httpx
 import redis
 from _common import REPO, Stack, num, parser, print_table, ratio, say, stack
+from _sqlcount.sitecustomize import total as sql_statements
 from celery import chord, group
 
 from tests.support.servers import RedisServer
@@ -36,6 +41,13 @@ def commands(client: redis.Redis) -> int:
     return sum(int(v["calls"]) for v in stats.values())
 
 
+def sql_counting() -> dict[str, str]:
+    """The environment that makes the stack's processes count their SQL statements (into a fresh directory)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.pathsep.join(filter(None, [os.path.join(here, "_sqlcount"), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path, "BENCH_SQL_COUNT_DIR": tempfile.mkdtemp(prefix="longrun-bench-sql-")}
+
+
 def run_longrun(st: Stack, children: int, concurrency: int, steps: int, delay: float) -> dict[str, Any]:
     st.worker("--concurrency", str(concurrency))
     gateway = st.gateway()
@@ -44,7 +56,8 @@ def run_longrun(st: Stack, children: int, concurrency: int, steps: int, delay: f
                                 for _ in range(children)],
                       "then": {"task": "demo.collect", "args": {"label": "fan-in"}}}}
     with httpx.Client(base_url=gateway.url, timeout=120) as http:
-        before = commands(client)
+        counted = st.extra_env["BENCH_SQL_COUNT_DIR"]
+        before, statements_before = commands(client), sql_statements(counted)
         started = time.perf_counter()
         response = http.post("/v1/workflows", json={"spec": spec}, headers=AUTH)
         response.raise_for_status()
@@ -58,6 +71,7 @@ def run_longrun(st: Stack, children: int, concurrency: int, steps: int, delay: f
                 break
         elapsed = time.perf_counter() - started
         used = commands(client) - before
+        statements = sql_statements(counted) - statements_before
     if view["status"] != "succeeded":
         raise SystemExit(f"the Longrun workflow ended {view['status']}: {view['error']}")
     inputs = len(view["result"]["inputs"])
@@ -65,7 +79,8 @@ def run_longrun(st: Stack, children: int, concurrency: int, steps: int, delay: f
         raise SystemExit(f"the fan-in step received {inputs} results, expected {children}")
     events = int(view["seq"])  # the root's own events, 1..seq (its stream keeps only the newest ones for replay)
     client.close()
-    return {"seconds": elapsed, "accepted": accepted, "events": events, "per_child": used / children}
+    return {"seconds": elapsed, "accepted": accepted, "events": events, "per_child": used / children,
+            "sql_per_child": statements / children}
 
 
 def run_celery(st: Stack, children: int, concurrency: int, steps: int, delay: float) -> dict[str, Any]:
@@ -109,11 +124,15 @@ def main() -> None:
     args = ap.parse_args()
     say(f"fan-out of {args.children} children (steps={args.steps}, delay={args.delay:g}s), "
         f"concurrency {args.concurrency}")
-    with stack(args, name="workflow_fanout") as st:
-        celery_side = run_celery(st, args.children, args.concurrency, args.steps, args.delay)
-        say(f"Celery: {celery_side['seconds']:.2f}s")
-        ours = run_longrun(st, args.children, args.concurrency, args.steps, args.delay)
-        say(f"Longrun: {ours['seconds']:.2f}s")
+    counting = sql_counting()
+    try:
+        with stack(args, name="workflow_fanout", extra_env=counting) as st:
+            celery_side = run_celery(st, args.children, args.concurrency, args.steps, args.delay)
+            say(f"Celery: {celery_side['seconds']:.2f}s")
+            ours = run_longrun(st, args.children, args.concurrency, args.steps, args.delay)
+            say(f"Longrun: {ours['seconds']:.2f}s")
+    finally:
+        shutil.rmtree(counting["BENCH_SQL_COUNT_DIR"], ignore_errors=True)
     factor = ours["seconds"] / celery_side["seconds"]
     print_table(
         f"Group of {args.children} short children then one fan-in step (one request)",
@@ -123,7 +142,8 @@ def main() -> None:
          ["of which accepting the request (s)", num(ours["accepted"], 2), "-", ""],
          ["parent progress events (live roll-up)", str(ours["events"]), "none", ""],
          ["Redis commands per child", num(ours["per_child"], 1), num(celery_side["per_child"], 1),
-          ratio(ours["per_child"], celery_side["per_child"])]],
+          ratio(ours["per_child"], celery_side["per_child"])],
+         ["SQL statements per child", num(ours["sql_per_child"], 1), "none", ""]],
     )
     verdict = "MET" if factor <= TARGET else "MISSED"
     print(f"target: Longrun within {TARGET:g}x Celery's time: {factor:.2f}x -> {verdict}")

@@ -166,3 +166,27 @@ async def test_failure_policies_cancel_cascade_and_requeue_resume(http: httpx.As
     resumed = await final(http, retry["id"])
     assert resumed["status"] == "succeeded", resumed["error"]
     assert resumed["result"]["inputs"][0]["steps_run"] >= 1  # the requeued step's result reached its successor
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_fail_fast_fails_every_node_above_the_failed_step_and_cancels_the_rest(http: httpx.AsyncClient) -> None:
+    """Nested fail_fast: the nodes between the failed step and the root fail naming the step, as the root does;
+    the steps and nodes the failure did not reach (a sibling branch, a step after it) are cancelled."""
+    flow = await submit_flow(http, {"group": [
+        {"chain": [{"group": [missing_file(), steps(400, 0.05)]}, collect("never")]},
+        {"chain": [steps(400, 0.05), collect("never either")]},
+    ]}, "fail_fast")
+    root = await final(http, flow["id"])
+    outer, sibling = await kids(http, flow["id"])
+    inner, after = await kids(http, outer["id"])
+    bad, long = await kids(http, inner["id"])
+    assert root["status"] == "failed" and bad["id"] in root["error"]["message"]
+    for node in (outer, inner):
+        ended = await wait_for(http, node["id"], TERMINAL)
+        assert ended["status"] == "failed", ended
+        assert ended["error"]["type"] == "workflow_failed" and bad["id"] in ended["error"]["message"], ended
+    for job in (long, after, sibling, *await kids(http, sibling["id"])):
+        assert (await wait_for(http, job["id"], TERMINAL))["status"] == "cancelled", job
+    # Cancelled by the workflow (a running step records its own cancel when it stops).
+    assert (await wait_for(http, sibling["id"], TERMINAL))["error"]["type"] == "workflow_aborted"
+    assert (await wait_for(http, after["id"], TERMINAL))["error"]["type"] == "workflow_aborted"

@@ -7,6 +7,7 @@ between them leaves SQL ahead of Redis, which the reconciler repairs; never the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,8 @@ import kombu.exceptions
 import redis
 from celery import Celery
 from redis.client import Pipeline
-from sqlalchemy import Engine, func, insert, update
+from sqlalchemy import Engine, Update, func, insert, update
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, delete, select
 
 from . import telemetry, workflows
@@ -94,6 +96,12 @@ class JobStore:
         """
         with self.engine.begin() as connection, telemetry.span("commit jobs", attributes={"longrun.jobs": len(jobs)}):
             connection.execute(insert(table_of(Job)), [row_values(job) for job in jobs])
+        return self.announce_many(jobs)
+
+    def announce_many(self, jobs: Sequence[Job]) -> list[Published | None]:
+        """`announce` for many jobs already in SQL (a batch submit, a workflow's released steps): every `queued`
+        event in one pipelined round trip, then every message (`send_jobs`), then every `dispatched` mark.
+        On a Redis or broker failure the jobs stay accepted: see `submit_many`."""
         try:
             published: list[Published | None] = list(self.publisher.publish_many(self.redis, [
                 self._status_event(job) for job in jobs]))
@@ -221,18 +229,22 @@ class JobStore:
 
         This is the SQL half of fencing: a stale attempt's write matches no row.
         """
+        with self.engine.begin() as connection:
+            return self._transition(connection, job_id, attempt, target, only_from, values) is not None
+
+    def _transition(self, connection: Connection, job_id: str, attempt: int, target: JobStatus,
+                    only_from: tuple[JobStatus, ...], values: dict[str, Any] | None) -> Job | None:
+        """`transition` inside the caller's transaction; the changed row (RETURNING: no second read), or None."""
         for source in only_from:
             check_transition(source, target)
-        stamp = utcnow()
-        with self.session() as session:
-            result = session.execute(
-                update(Job)
-                .where(col(Job.id) == job_id, col(Job.attempt) == attempt,
-                       col(Job.status).in_([s.value for s in only_from]))
-                .values(status=target.value, updated_at=stamp, **(values or {}))
-            )
-            session.commit()
-            return bool(getattr(result, "rowcount", 0))
+        jobs = table_of(Job)
+        row = connection.execute(
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.attempt == attempt, jobs.c.status.in_([s.value for s in only_from]))
+            .values(status=target.value, updated_at=utcnow(), **(values or {}))
+            .returning(*jobs.c)
+        ).one_or_none()
+        return None if row is None else Job.model_validate(dict(row._mapping))
 
     def finish_if(
         self,
@@ -257,30 +269,34 @@ class JobStore:
             values["result"] = result
         if progress is not None:
             values["progress"] = progress.model_dump(mode="json", exclude_none=True)
-        if not self.transition(job_id, attempt, target, only_from=only_from, values=values):
-            return False
-        self.end_attempt(job_id, attempt, target, error)
-        job = self.get(job_id)
-        assert job is not None
+        # One transaction, two statements: the job's row (returned, not read again) and its attempt's.
+        with self.engine.begin() as connection:
+            job = self._transition(connection, job_id, attempt, target, only_from, values)
+            if job is None:
+                return False
+            connection.execute(self._ending_attempt(job_id, attempt, target, error))
         if dead_letter and error is not None:
             with self.session() as session:
                 session.add(DeadLetter(job_id=job_id, tenant=job.tenant, task=job.task,
                                        error=error.model_dump(mode="json"), attempts=attempt))
                 session.commit()
-        self.publish_ending(job, seq_floor=seq_floor, error=error)
+        published = self.publish_ending(job, seq_floor=seq_floor, error=error, record_seq=not job.parent_id)
         if job.parent_id:
-            self._advance(job)
+            self._advance(job, published)
         return True
 
-    def _advance(self, job: Job) -> None:
-        """Apply a workflow step's end to its workflow. A failure here is repaired by the reconciler."""
+    def _advance(self, job: Job, published: Published) -> None:
+        """Apply a workflow step's end to its workflow (recording the ending's seq in the same statement).
+        A failure here is repaired by the reconciler."""
         try:
-            workflows.child_ended(self, job)
+            workflows.child_ended(self, job, seq=0 if published.fenced else published.seq)
         except Exception:
             log.exception("could not advance the workflow of step %s; the reconciler will", job.id)
 
-    def publish_ending(self, job: Job, *, seq_floor: int = 0, error: JobError | None = None) -> Published:
-        """The terminal event of a job that has ended in SQL (also used to repair one Redis missed)."""
+    def publish_ending(self, job: Job, *, seq_floor: int = 0, error: JobError | None = None,
+                       record_seq: bool = True) -> Published:
+        """The terminal event of a job that has ended in SQL (also used to repair one Redis missed).
+        `record_seq=False`: the caller writes the event's seq to SQL itself (a workflow step, as it settles)."""
         if error is None and job.error:
             error = JobError.model_validate(job.error)
         published = self.publisher.publish(
@@ -290,7 +306,8 @@ class JobStore:
                       lease_until=LEASE_DROP, seq_floor=seq_floor or sql_floor(job.seq),
                       fields={"finished_at": epoch(job.finished_at)}),
         )
-        self._record_seq(job.id, published)
+        if record_seq:
+            self._record_seq(job.id, published)
         return published
 
     def schedule_retry(
@@ -360,14 +377,16 @@ class JobStore:
         return True
 
     def end_attempt(self, job_id: str, attempt: int, status: JobStatus, error: JobError | None = None) -> None:
-        with self.session() as session:
-            session.execute(
-                update(Attempt).where(col(Attempt.job_id) == job_id, col(Attempt.number) == attempt,
-                                      col(Attempt.finished_at).is_(None))
+        with self.engine.begin() as connection:
+            connection.execute(self._ending_attempt(job_id, attempt, status, error))
+
+    @staticmethod
+    def _ending_attempt(job_id: str, attempt: int, status: JobStatus, error: JobError | None) -> Update:
+        attempts = table_of(Attempt)
+        return (update(attempts).where(attempts.c.job_id == job_id, attempts.c.number == attempt,
+                                       attempts.c.finished_at.is_(None))
                 .values(status=status.value, finished_at=utcnow(),
-                        error=error.model_dump(mode="json") if error else None)
-            )
-            session.commit()
+                        error=error.model_dump(mode="json") if error else None))
 
     def attempts(self, job_id: str) -> list[Attempt]:
         with self.session() as session:

@@ -11,6 +11,11 @@ backwards except when a child is requeued from scratch: its `queued` event, whic
 names as `requeued`), `t0` when the first progress was seen (for the ETA); per child `w:` weight, `k:` weight
 fixed (given in the spec, or a node's leaf count), `f:` last fraction, `s:` last status. A weight that is not
 fixed becomes the child's `total` once it reports one.
+
+A parent event names the child that moved: each time a child's fraction (or weight) changes, and when it ends.
+A move that changes neither and does not end the child (queued -> running, a retry's wait) is only recorded
+in `s:`: an event there would repeat the parent's percent (a fan-out of short steps made ~3 parent events per
+child, each one waking every live reader of the parent, for ~1 that moved its bar).
 """
 
 from __future__ import annotations
@@ -46,8 +51,9 @@ local function rollup_one(child, frac, total, cstatus, ts)
   end
   local neww = w
   if not r[4] and total ~= '' and tonumber(total) > 0 then neww = tonumber(total) end
-  if newf == oldf and neww == w and (olds == cstatus or not olds) then
-    if not olds then redis.call('HSET', rk, 's:' .. child, cstatus) end
+  local ended = cstatus == 'succeeded' or cstatus == 'failed' or cstatus == 'cancelled'
+  if newf == oldf and neww == w and not requeued and (olds == cstatus or not olds or not ended) then
+    if olds ~= cstatus then redis.call('HSET', rk, 's:' .. child, cstatus) end
     return nil
   end
   W = W - w + neww

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 from celery import Celery
-from sqlalchemy import Engine, Table, and_, insert, select, update
+from sqlalchemy import Engine, Table, and_, case, insert, select, update
 from sqlalchemy.engine import Connection
 
 from .events import JobError, Progress
@@ -59,7 +59,7 @@ class Store(Protocol):
     celery: Celery | None
 
     def get(self, job_id: str) -> Job | None: ...
-    def announce(self, job: Job, *, urgent: bool = False) -> Published: ...
+    def announce_many(self, jobs: Sequence[Job]) -> list[Published | None]: ...
     def request_cancel(self, job_id: str) -> Job | None: ...
     def requeue(self, job_id: str) -> Job | None: ...  # calls reopen(revive_aborted=False) for an aborted step
     def finish_if(self, job_id: str, attempt: int, target: JobStatus, *, only_from: tuple[JobStatus, ...],
@@ -115,9 +115,8 @@ def submit(store: Store, rows: Sequence[Job]) -> Job:
         connection.execute(insert(_jobs()), [row_values(job) for job in rows])
     try:
         _seed(store, rows)
-        for job in rows:
-            if job.kind == KIND_WORKFLOW or job.waiting:
-                _publish_status(store, job)
+        store.publisher.publish_many(store.redis, [_status_event(job) for job in rows
+                                                   if job.kind == KIND_WORKFLOW or job.waiting])
         start(store, root)
     except redis.RedisError:
         log.warning("workflow %s accepted but not yet started (Redis unavailable); the reconciler will", root.id)
@@ -143,12 +142,15 @@ def _seed(store: Store, rows: Iterable[Job]) -> None:
     pipe.execute()
 
 
-def _publish_status(store: Store, job: Job, *, progress: Progress | None = None, reopen: bool = False) -> Published:
+def _publish_status(store: Store, job: Job, *, reopen: bool = False) -> Published:
+    return store.publisher.publish(store.redis, _status_event(job, reopen=reopen))
+
+
+def _status_event(job: Job, *, reopen: bool = False) -> EventSpec:
     fields = creation_fields(job)
     fields["queued_reason"] = WAITING_REASON if job.waiting and job.status == _QUEUED else ""
-    return store.publisher.publish(store.redis, EventSpec(
-        job.id, "status", JobStatus(job.status), job.attempt, progress=progress, fields=fields,
-        allow_after_terminal=reopen))
+    return EventSpec(job.id, "status", JobStatus(job.status), job.attempt, fields=fields,
+                     allow_after_terminal=reopen)
 
 
 # --- starting steps -----------------------------------------------------------------------------------------------
@@ -160,8 +162,7 @@ def start(store: Store, node: Job) -> None:
     if node.waiting or node.status in TERMINAL_VALUES:
         return
     if node.kind != KIND_WORKFLOW:
-        if node.status == _QUEUED:
-            store.announce(node)
+        _start_all(store, [node])
         return
     jobs = _jobs()
     with store.engine.begin() as connection:
@@ -182,27 +183,45 @@ def start(store: Store, node: Job) -> None:
     if began:
         node.status = _RUNNING
         _publish_status(store, node)
-    for child in first:
-        start(store, child)
+    _start_all(store, first)
+
+
+def _start_all(store: Store, steps: Sequence[Job]) -> None:
+    """Start released steps: the leaves announced together (one batch: a group of 1,000 is three round trips,
+    not 3,000), then each node (whose own first leaves go out in one batch too)."""
+    leaves = [s for s in steps if s.kind != KIND_WORKFLOW and s.status == _QUEUED and not s.waiting]
+    if leaves:
+        store.announce_many(leaves)
+    for step in steps:
+        if step.kind == KIND_WORKFLOW:
+            start(store, step)
 
 
 # --- a child ended ------------------------------------------------------------------------------------------------
 
 
-def child_ended(store: Store, child: Job) -> None:
-    """Apply a step's end to its parent, once: release the next step, end the parent, or apply the policy."""
+def child_ended(store: Store, child: Job, *, seq: int = 0) -> None:
+    """Apply a step's end to its parent, once: release the next step, end the parent, or apply the policy.
+
+    O(1) statements per step (two, plus a release's): the settle, which also records `seq` (the ending event's,
+    when the caller publishes it: one write, not two), and the parent's decrement, which returns the parent's row.
+    """
     if child.parent_id is None or child.status not in TERMINAL_VALUES:
         return
     jobs = _jobs()
     released: list[Job] = []
+    recorded = {"seq": case((jobs.c.seq < seq, seq), else_=jobs.c.seq)} if seq else {}
     with store.engine.begin() as connection:
         won = connection.execute(update(jobs).where(jobs.c.id == child.id, jobs.c.settled.is_(False),
-                                                    jobs.c.status.in_(TERMINAL_VALUES)).values(settled=True))
-        if not won.rowcount:
-            return  # another finisher (or the reconciler) applied it
-        pending = connection.execute(update(jobs).where(jobs.c.id == child.parent_id)
-                                     .values(pending=jobs.c.pending - 1).returning(jobs.c.pending)).scalar_one()
-        parent = _row(connection.execute(select(jobs).where(jobs.c.id == child.parent_id)).one())
+                                                    jobs.c.status.in_(TERMINAL_VALUES))
+                                 .values(settled=True, **recorded)).rowcount
+        if not won:  # another finisher (or the reconciler) applied it
+            if recorded:
+                connection.execute(update(jobs).where(jobs.c.id == child.id).values(**recorded))
+            return
+        parent = _row(connection.execute(update(jobs).where(jobs.c.id == child.parent_id)
+                                         .values(pending=jobs.c.pending - 1).returning(*jobs.c)).one())
+        pending = parent.pending or 0
         if parent.status == _RUNNING:
             released = _release_after(connection, parent, child, pending)
     _after_settle(store, parent, child, pending, released)
@@ -237,7 +256,7 @@ def _is_then(job: Job) -> bool:
 def _after_settle(store: Store, parent: Job, child: Job, pending: int, released: list[Job]) -> None:
     for job in released:
         _publish_status(store, job)  # its snapshot drops `queued_reason`
-        start(store, job)
+    _start_all(store, released)
     if parent.status != _RUNNING:
         return
     failed = child.status != JobStatus.SUCCEEDED.value
@@ -291,11 +310,33 @@ def finalize(store: Store, node: Job) -> None:
 
 
 def abort(store: Store, root: Job, culprit: Job) -> None:
-    """`fail_fast`: fail the workflow naming the step, and cancel every step still pending."""
+    """`fail_fast`: the workflow and every node between it and the failed step fail, naming the step; every other
+    step still pending is cancelled.
+
+    The nodes fail from the root down: each one's parent has already ended when its own end is applied to it, so
+    no node's end sets the policy off again.
+    """
     message = f"step {culprit.id} ({culprit.task}) {culprit.status}: {(culprit.error or {}).get('message', '')}"
-    store.finish_if(root.id, root.attempt, JobStatus.FAILED, only_from=(JobStatus.RUNNING, JobStatus.QUEUED),
-                    error=JobError(type="workflow_failed", message=message))
-    _cancel_descendants(store, root.id, JobError(type=ABORTED, message=f"workflow failed fast: {message}"))
+    failed = [root, *_ancestors_below(store, culprit, root.id)]
+    for node in failed:
+        store.finish_if(node.id, node.attempt, JobStatus.FAILED, only_from=(JobStatus.RUNNING, JobStatus.QUEUED),
+                        error=JobError(type="workflow_failed", message=message))
+    aborted = JobError(type=ABORTED, message=f"workflow failed fast: {message}")
+    for node in failed:
+        _cancel_descendants(store, node.id, aborted)
+
+
+def _ancestors_below(store: Store, step: Job, root_id: str) -> list[Job]:
+    """The nodes between `root_id` and `step` (both excluded), the outermost first."""
+    chain: list[Job] = []
+    parent_id = step.parent_id
+    while parent_id is not None and parent_id != root_id:
+        node = store.get(parent_id)
+        if node is None:
+            break
+        chain.append(node)
+        parent_id = node.parent_id
+    return chain[::-1]
 
 
 def cancel(store: Store, node: Job) -> Job | None:

@@ -131,14 +131,16 @@ class Reporter:
         self._thread = threading.Thread(target=context.run, args=(self._run,), name="longrun-reporter", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
-        """Stop the thread and publish whatever is still pending."""
+    def close(self, *, publish_pending: bool = True) -> None:
+        """Stop the thread and publish whatever is still pending (unless the caller's next event, the job's
+        success, carries it: `publish_pending=False`)."""
         with self._cond:
             self._stopped = True
             self._cond.notify()
         if self._thread.is_alive():
             self._thread.join(10)
-        self._flush()
+        if publish_pending:
+            self._flush()
 
     def snapshot(self, *, complete: bool = False) -> Progress:
         """The progress as clients see it (`complete` pins it to 100%)."""
