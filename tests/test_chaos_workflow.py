@@ -52,6 +52,13 @@ def _leaves(store: JobStore, root_id: str) -> list[Job]:
         return list(session.exec(select(Job).where(Job.root_id == root_id, Job.kind == "job")))
 
 
+def _node_seqs(store: JobStore, root_ids: list[str]) -> dict[str, int]:
+    """Each workflow node's newest seq (its roll-up events are numbered in Redis, not in SQL)."""
+    with Session(store.engine) as session:
+        nodes = [*root_ids, *session.exec(select(Job.id).where(Job.root_id.in_(root_ids), Job.kind == "workflow"))]
+    return {node: int(store.redis.hget(store.keys.job(node), "seq") or 0) for node in nodes}
+
+
 def test_workflow_survives_a_worker_kill_and_a_redis_wipe(services: ServiceFactory, settings: Settings) -> None:
     private = RedisServer().start()
     store = make_store(settings.model_copy(update={"redis_url": private.url}))
@@ -74,6 +81,7 @@ def test_workflow_survives_a_worker_kill_and_a_redis_wipe(services: ServiceFacto
         doomed.signal_group(signal.SIGKILL)
         assert doomed.process is not None
         doomed.process.wait(10)
+        seen = _node_seqs(store, list(roots.values()))
         private.restart()  # no persistence: the killed steps' leases, every queue and every job hash are gone
 
         done = wait_for(store, list(roots.values()), timeout=120)
@@ -89,6 +97,11 @@ def test_workflow_survives_a_worker_kill_and_a_redis_wipe(services: ServiceFacto
             # chord's `then` receives each member's result as an input.
             inputs = fan_in.result["inputs"][0] if shape == "chain" else fan_in.result["inputs"]
             assert len(inputs) == STEPS and all(r["steps_run"] + r["resumed_from"] == 40 for r in inputs), inputs
+        # Every event a node published after the wipe (its stream was wiped with it) is numbered past every seq
+        # a client saw before: none is reused, so a client that follows by seq still sees the workflow end.
+        reused = {node: first for node, seq in seen.items()
+                  if (first := int(store.redis.xrange(store.keys.stream(node), count=1)[0][0].split(b"-")[0])) <= seq}
+        assert not reused, (reused, seen)
         for step in hit:  # the kill really hit these: their first attempt was lost, a later one completed
             attempts = store.attempts(step)
             assert attempts[0].status != "succeeded" and attempts[0].error["type"] == "lost", attempts

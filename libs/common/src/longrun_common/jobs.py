@@ -27,23 +27,13 @@ from .events import JobError, Progress, now
 from .fairness import DELAYED
 from .keys import Keys
 from .models import Attempt, DeadLetter, IdempotencyKey, Job, TaskRecord, utcnow
-from .publisher import LEASE_DROP, EventSpec, Published, Publisher
+from .publisher import LEASE_DROP, EventSpec, Published, Publisher, sql_floor
 from .rows import creation_fields, epoch, row_values, table_of
 from .states import TERMINAL, JobStatus, check_transition
 
 log = logging.getLogger(__name__)
 
 ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value, JobStatus.RETRYING.value)
-
-# SQL's `seq` trails Redis by the progress events of one `sql_progress_interval`. When Redis has lost a job
-# and the first publisher after the loss only knows SQL's seq, the job's seq jumps ahead by this much, so a
-# seq a client has already seen is never reused (a gap makes clients take a fresh snapshot).
-SEQ_GAP_AFTER_LOSS = 10_000
-
-
-def sql_floor(seq: int) -> int:
-    """The seq floor for a publisher that only knows SQL's seq (0 for a job that never published: seq 1)."""
-    return seq + SEQ_GAP_AFTER_LOSS if seq else 0
 
 
 @dataclass

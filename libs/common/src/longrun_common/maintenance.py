@@ -23,8 +23,9 @@ from . import held, workflows
 from .catalog import TaskPolicy
 from .dispatch import announce_attempt_end, is_delayed, queue_depth, scheduler_for, send_job
 from .events import JobError
-from .jobs import JobStore, sql_floor
+from .jobs import JobStore
 from .models import Attempt, Job, TaskRecord
+from .publisher import sql_floor
 from .redis_clients import sync_redis
 from .rows import creation_fields
 from .settings import Settings

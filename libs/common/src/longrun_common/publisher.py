@@ -26,6 +26,17 @@ FENCED = -1  # an older attempt, or the same attempt after the job already ended
 LEASE_KEEP = -1.0  # leave the lease as it is
 LEASE_DROP = 0.0  # remove the lease (job no longer running)
 
+# SQL's `seq` trails Redis by the progress events of one `sql_progress_interval`. When Redis has lost a job
+# and the first publisher after the loss only knows SQL's seq, the job's seq jumps ahead by this much, so a
+# seq a client has already seen is never reused (a gap makes clients take a fresh snapshot).
+SEQ_GAP_AFTER_LOSS = 10_000
+
+
+def sql_floor(seq: int) -> int:
+    """The seq floor for a publisher that only knows SQL's seq (0 for a job that never published: seq 1)."""
+    return seq + SEQ_GAP_AFTER_LOSS if seq else 0
+
+
 _SCRIPT = """
 local prefix, maxlen = ARGV[11], ARGV[3]
 """ + rollup.LUA + """

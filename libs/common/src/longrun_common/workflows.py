@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 from celery import Celery
-from sqlalchemy import Engine, Table, and_, case, insert, select, update
+from sqlalchemy import Engine, Table, and_, case, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from .events import JobError, Progress
 from .keys import Keys
 from .models import Job, utcnow
-from .publisher import EventSpec, Published, Publisher
+from .publisher import SEQ_GAP_AFTER_LOSS, EventSpec, Published, Publisher, sql_floor
 from .rows import creation_fields, row_values, table_of
 from .states import TERMINAL, JobStatus
 
@@ -143,14 +143,31 @@ def _seed(store: Store, rows: Iterable[Job]) -> None:
 
 
 def _publish_status(store: Store, job: Job, *, reopen: bool = False) -> Published:
-    return store.publisher.publish(store.redis, _status_event(job, reopen=reopen))
+    return store.publisher.publish(store.redis, _status_event(job, reopen=reopen, seq_floor=seq_floor(store, job)))
 
 
-def _status_event(job: Job, *, reopen: bool = False) -> EventSpec:
+def _status_event(job: Job, *, reopen: bool = False, seq_floor: int = 0) -> EventSpec:
     fields = creation_fields(job)
     fields["queued_reason"] = WAITING_REASON if job.waiting and job.status == _QUEUED else ""
     return EventSpec(job.id, "status", JobStatus(job.status), job.attempt, fields=fields,
-                     allow_after_terminal=reopen)
+                     allow_after_terminal=reopen, seq_floor=seq_floor)
+
+
+def seq_floor(store: Store, job: Job) -> int:
+    """Where a job's seq continues if Redis lost its hash (the publisher uses it only then).
+
+    A leaf's own events trail SQL's seq by at most SEQ_GAP_AFTER_LOSS (`sql_floor`). A node publishes its status
+    changes plus at most one roll-up event per event of any job below it, none of which SQL records; so the
+    tree's SQL seqs plus a gap per row bound every node's seq. One aggregate query, per node status change only.
+    """
+    if job.kind != KIND_WORKFLOW:
+        return sql_floor(job.seq)
+    jobs, root_id = _jobs(), job.root_id or job.id
+    with store.engine.connect() as connection:
+        bound = connection.execute(
+            select(func.coalesce(func.sum(jobs.c.seq), 0) + func.count() * SEQ_GAP_AFTER_LOSS)
+            .where(or_(jobs.c.root_id == root_id, jobs.c.id == root_id))).scalar_one()
+    return int(bound)
 
 
 # --- starting steps -----------------------------------------------------------------------------------------------
@@ -298,12 +315,13 @@ def finalize(store: Store, node: Job) -> None:
         shape = (node.flow or {}).get("type")
         result = [k.result for k in kids] if shape == "group" else (kids[-1].result if kids else None)
         store.finish_if(node.id, node.attempt, JobStatus.SUCCEEDED, only_from=(JobStatus.RUNNING,), result=result,
-                        progress=Progress(percent=100.0))
+                        progress=Progress(percent=100.0), seq_floor=seq_floor(store, node))
         return
     named = [k for k in bad if _culprit(k)] or bad
     error = JobError(type="workflow_failed", message=f"{len(named)} step(s) did not succeed: " + "; ".join(
         f"{k.id} ({k.task}) {k.status}: {(k.error or {}).get('message', '')}" for k in named))
-    store.finish_if(node.id, node.attempt, JobStatus.FAILED, only_from=(JobStatus.RUNNING,), error=error)
+    store.finish_if(node.id, node.attempt, JobStatus.FAILED, only_from=(JobStatus.RUNNING,), error=error,
+                    seq_floor=seq_floor(store, node))
 
 
 # --- failure and cancel --------------------------------------------------------------------------------------------
@@ -320,7 +338,7 @@ def abort(store: Store, root: Job, culprit: Job) -> None:
     failed = [root, *_ancestors_below(store, culprit, root.id)]
     for node in failed:
         store.finish_if(node.id, node.attempt, JobStatus.FAILED, only_from=(JobStatus.RUNNING, JobStatus.QUEUED),
-                        error=JobError(type="workflow_failed", message=message))
+                        error=JobError(type="workflow_failed", message=message), seq_floor=seq_floor(store, node))
     aborted = JobError(type=ABORTED, message=f"workflow failed fast: {message}")
     for node in failed:
         _cancel_descendants(store, node.id, aborted)
@@ -343,7 +361,7 @@ def cancel(store: Store, node: Job) -> Job | None:
     """Cancel a workflow node and, first, every non-terminal step below it."""
     error = JobError(type="cancelled", message="cancelled by request")
     store.finish_if(node.id, node.attempt, JobStatus.CANCELLED, only_from=(JobStatus.RUNNING, JobStatus.QUEUED),
-                    error=error)
+                    error=error, seq_floor=seq_floor(store, node))
     _cancel_descendants(store, node.id, JobError(type=ABORTED, message=f"workflow node {node.id} was cancelled"))
     return store.get(node.id)
 
@@ -351,7 +369,7 @@ def cancel(store: Store, node: Job) -> Job | None:
 def cancel_tree(store: Store, job: Job, error: JobError) -> None:
     if job.kind == KIND_WORKFLOW:
         store.finish_if(job.id, job.attempt, JobStatus.CANCELLED, only_from=(JobStatus.RUNNING, JobStatus.QUEUED),
-                        error=error)
+                        error=error, seq_floor=seq_floor(store, job))
         _cancel_descendants(store, job.id, error)
     elif job.waiting or job.status == _QUEUED:
         store.finish_if(job.id, job.attempt, JobStatus.CANCELLED, only_from=(JobStatus.QUEUED, JobStatus.RETRYING),

@@ -17,9 +17,8 @@ from sqlmodel import Session, col
 
 from longrun_common import telemetry
 from longrun_common.events import JobError, Progress, dumps
-from longrun_common.jobs import sql_floor
 from longrun_common.models import Job
-from longrun_common.publisher import EventSpec, Published
+from longrun_common.publisher import EventSpec, Published, sql_floor
 from longrun_common.states import JobStatus
 
 from .api import JobCancelled, JobDrained, JobFailed, JobFenced, PermanentError, TaskDefinition, TransientError

@@ -31,8 +31,9 @@ from celery.worker.request import Request
 
 from longrun_common.catalog import TaskPolicy
 from longrun_common.events import JobError
-from longrun_common.jobs import JobStore, sql_floor
+from longrun_common.jobs import JobStore
 from longrun_common.models import Job
+from longrun_common.publisher import sql_floor
 from longrun_common.settings import Settings
 from longrun_common.states import JobStatus
 
