@@ -75,7 +75,7 @@ class Gateway:
             reader=Reader(keys),
             store=store,
             catalog=TaskCatalog(engine),
-            submits=SubmitLane.for_engine(engine),
+            submits=SubmitLane(),
             live=LiveEvents(settings.redis_url, keys),  # its own connection (longrun_common.pubsub)
             limiter=SubmitLimiter(async_client, keys, settings.tenant_rate_limit, settings.tenant_rates()),
             metrics=metrics,

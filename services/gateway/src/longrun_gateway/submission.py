@@ -8,11 +8,9 @@ import hashlib
 import json
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
@@ -52,40 +50,33 @@ VISIBILITY_MARGIN = 60.0
 # The furthest a job may be delayed (run_at / delay): a year.
 MAX_DELAY = 365 * 24 * 3600.0
 # Submits whose blocking part (SQL, then Redis) runs at once, per gateway process. More threads add no throughput
-# (the GIL, and a database connection each) but take the GIL from the event loop (see SubmitLane).
+# (the GIL, and a database connection each) but take the GIL from the event loop and contend for SQLite's write
+# lock (see SubmitLane).
 SUBMIT_THREADS = 4
 
 T = TypeVar("T")
 
 
 class SubmitLane:
-    """The threads a submit's blocking work runs on: `threads` of its own, submits beyond that wait their turn in
-    its queue (first come first served). On SQLite, one of them writes at a time.
+    """The threads a submit's blocking work runs on: `threads` of its own; submits beyond that wait their turn in
+    its queue (first come first served) instead of each taking a thread of the shared pool.
 
-    Why its own few threads: in the shared thread pool (40 threads) a burst of submits made every one slower.
-    Dozens of runnable threads take the GIL from the event loop, so even answered requests wait to be written
-    out; and SQLite has one write lock, and a writer that finds it taken backs off in sleeps of up to 100 ms (its
-    busy handler), so with many concurrent writers the unlucky ones waited a second or more (in-process, 16
-    threads inserting: p99 1.07 s unserialized vs 0.25 s behind a lock). Waiting for `writing()` never sleeps
-    longer than the writer ahead takes. A plain executor also costs a request less than anyio's hand-off.
+    Why: in the shared thread pool (40 threads) a burst of submits made every one slower. Dozens of runnable
+    threads take the GIL from the event loop, so even answered requests wait to be written out; and SQLite has
+    one write lock, and a writer that finds it taken backs off in sleeps of up to 100 ms (its busy handler), so
+    with many concurrent writers the unlucky ones waited a second or more (in-process, 16 threads inserting: p99
+    1.07 s; 4 threads: 0.08 s). A plain executor also costs a request less CPU than anyio's hand-off.
+    (Serializing SQLite writers behind a lock as well measured no better, and a lock held across the publish
+    after the commit makes every submit wait out the GIL hand-offs of the one ahead.)
     """
 
-    def __init__(self, threads: int, *, serialize_writes: bool = False) -> None:
+    def __init__(self, threads: int = SUBMIT_THREADS) -> None:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="submit")
-        self._writer = threading.Lock() if serialize_writes else None
-
-    @classmethod
-    def for_engine(cls, engine: Engine) -> SubmitLane:
-        return cls(SUBMIT_THREADS, serialize_writes=engine.dialect.name == "sqlite")
 
     async def run(self, work: Callable[[], T]) -> T:
         """`work()` on a lane thread, in this context (a tracing span started here is its parent)."""
         context = contextvars.copy_context()
         return await asyncio.get_running_loop().run_in_executor(self._pool, context.run, work)
-
-    def writing(self) -> AbstractContextManager[object]:
-        """Held while a submit writes SQL (and publishes what it wrote): the writer lock on SQLite, else nothing."""
-        return self._writer if self._writer is not None else nullcontext()
 
     def close(self) -> None:
         """Let the submits under way finish (their rows are committed or not, never half-published)."""
@@ -372,8 +363,7 @@ def submit(gateway: Gateway, tenant: str, request: JobRequest, key: str | None) 
         idempotency = IdempotencyKey(tenant=tenant, key=key, request_hash=digest, job_id=job.id, expires_at=expires)
     published = None
     try:
-        with gateway.submits.writing():
-            published = gateway.store.accept(job, idempotency)
+        published = gateway.store.accept(job, idempotency)
     except IntegrityError:
         # Two requests with one key raced; the loser's transaction (job and key) rolled back as a whole.
         existing = find_key(gateway, tenant, key) if key is not None else None
