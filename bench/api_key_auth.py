@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 import httpx
 from _common import Stack, ms, num, parser, percentile, print_table, ratio, say, stack
-from submit_throughput import HEADER, Run, cpu_seconds, register_catalog
+from _submit_load import HEADER, Run, cpu_seconds
+from submit_throughput import register_catalog
 
 from longrun_common.apikeys import ApiKeyStore
 from longrun_common.db import create_db_engine

@@ -6,7 +6,8 @@ stores the same bytes with one LPUSH); no worker consumes it. The gateway also d
 what an accepted job costs: auth, JSON and schema validation against the SQL task catalog, the SQL insert, the
 `queued` event (Lua), the message, and the response with a stream token.
 
-  (a) max throughput: N concurrent clients (httpx.AsyncClient, keep-alive) for a fixed time; raw Celery with
+  (a) max throughput: N concurrent clients (keep-alive connections; the
+      load generator is bench/_submit_load.py, its own CPU per request is reported) for a fixed time; raw Celery with
       N threads and with 1 thread (the better one is the baseline).
   (b) latency at a fixed offered rate (open loop: request i is sent at t0 + i/rate whatever happened before;
       latency is measured from that scheduled time, so queueing behind a slow request counts).
@@ -26,20 +27,27 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 from _common import Stack, ms, num, parser, percentile, print_table, ratio, say, stack
+from _submit_load import (
+    HEADER,
+    HttpError,
+    Pool,
+    Run,
+    closed_loop,
+    cpu_per,
+    measured,
+    open_loop,
+    request_bytes,
+)
+from _submit_profile import profile_gateway, summarize_profile
 from celery import Celery
 
 from longrun_common.celery_app import create_celery
@@ -55,36 +63,6 @@ TARGET_SHARE = 0.70
 TARGET_P99 = 0.020
 TARGET_CPU = 3.0  # gateway CPU per accepted job, at most this many times a raw send_task's CPU
 BATCH = 1000
-
-
-@dataclass
-class Run:
-    """One measured phase: how many requests, how long, their latencies and any failures."""
-
-    name: str
-    seconds: float = 0.0
-    latencies: list[float] = field(default_factory=list)
-    errors: Counter[str] = field(default_factory=Counter)
-    cpu_seconds: float = float("nan")  # the gateway process's CPU time during the phase
-
-    @property
-    def ok(self) -> int:
-        return len(self.latencies)
-
-    @property
-    def per_second(self) -> float:
-        return self.ok / self.seconds if self.seconds else float("nan")
-
-    def row(self, baseline: Run | None = None) -> list[str]:
-        lat = self.latencies
-        cpu = self.cpu_seconds / self.ok * 1000 if self.ok and self.cpu_seconds == self.cpu_seconds else float("nan")
-        return [self.name, num(self.ok), num(sum(self.errors.values())), num(self.per_second),
-                ms(percentile(lat, 50)), ms(percentile(lat, 99)), ms(max(lat) if lat else float("nan")),
-                "" if cpu != cpu else f"{cpu:.2f} ms",
-                ratio(self.per_second, baseline.per_second) if baseline else ""]
-
-
-HEADER = ["phase", "ok", "errors", "req/s", "p50", "p99", "max", "CPU/req", "vs raw"]
 
 
 # --- raw Celery ------------------------------------------------------------------------------------------------
@@ -161,80 +139,21 @@ def raw_paced(send: Callable[[], None], rate: float, seconds: float) -> Run:
     return run
 
 
-# --- the gateway -----------------------------------------------------------------------------------------------
+# --- the gateway ------------------------------------------------------------------------------------------------
 
-async def _post(client: httpx.AsyncClient, run: Run, began: float, path: str = "/v1/jobs") -> None:
-    try:
-        if path == "/v1/jobs":
-            response = await client.post(path, content=BODY)
-        else:
-            response = await client.get(path)
-    except httpx.HTTPError as exc:
-        run.errors[type(exc).__name__] += 1
-        return
-    if response.status_code != (202 if path == "/v1/jobs" else 200):
-        run.errors[f"HTTP {response.status_code}"] += 1
-        return
-    run.latencies.append(time.perf_counter() - began)
-
-
-def _client(url: str, connections: int) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(base_url=url, headers=HEADERS, limits=limits, timeout=30.0)
+# Built once: the load generator writes these bytes as they are for every request (bench/_submit_load.py).
+SUBMIT = request_bytes("POST", "/v1/jobs", HEADERS, BODY)
+HEALTH = request_bytes("GET", "/healthz", {})
 
 
 async def gateway_throughput(url: str, clients: int, seconds: float, max_requests: int, name: str,
                              path: str = "/v1/jobs") -> Run:
-    run = Run(name)
-    budget = [max_requests]
-    async with _client(url, clients) as client:
-        start = time.perf_counter()
-        deadline = start + seconds
-
-        async def loop() -> None:
-            while budget[0] > 0 and (began := time.perf_counter()) < deadline:
-                budget[0] -= 1
-                await _post(client, run, began, path)
-
-        await asyncio.gather(*(loop() for _ in range(clients)))
-        run.seconds = time.perf_counter() - start
-    return run
+    request, expect = (SUBMIT, 202) if path == "/v1/jobs" else (HEALTH, 200)
+    return await closed_loop(url, request, expect, clients, seconds, max_requests, name)
 
 
 async def gateway_paced(url: str, rate: float, seconds: float, connections: int) -> Run:
-    run = Run(f"gateway @ {rate:g}/s")
-    total = int(rate * seconds)
-    async with _client(url, connections) as client:
-        loop = asyncio.get_running_loop()
-        start = time.perf_counter()
-        pending = []
-        for i in range(total):
-            due = start + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            pending.append(loop.create_task(_post(client, run, due)))
-        await asyncio.gather(*pending)
-        run.seconds = time.perf_counter() - start
-    return run
-
-
-def cpu_per(run: Run) -> float:
-    """CPU seconds per successful request (nan when unmeasured)."""
-    return run.cpu_seconds / run.ok if run.ok else float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def measured(pid: int, body: Callable[[], Run]) -> Run:
-    before = cpu_seconds(pid)
-    run = body()
-    run.cpu_seconds = cpu_seconds(pid) - before
-    return run
+    return await open_loop(url, SUBMIT, 202, rate, seconds, connections, f"gateway @ {rate:g}/s")
 
 
 # --- batch vs single ------------------------------------------------------------------------------------------
@@ -247,98 +166,24 @@ def batch_vs_single(url: str, pid: int, clients: int) -> tuple[Run, Run]:
 
     async def one() -> Run:
         run = Run(f"1 x POST /v1/jobs:batch of {BATCH:,}")
-        async with _client(url, 1) as client:
-            began = time.perf_counter()
-            try:
-                response = await client.post("/v1/jobs:batch", content=body, timeout=120)
-            except httpx.HTTPError as exc:
-                run.errors[type(exc).__name__] += 1
+        pool = Pool(url, 1)
+        began = time.perf_counter()
+        try:
+            request = request_bytes("POST", "/v1/jobs:batch", HEADERS, body)
+            status, answer = await asyncio.wait_for(pool.exchange(request), timeout=120)
+        except (OSError, HttpError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            run.errors[type(exc).__name__] += 1
+        else:
+            if status == 202:
+                run.latencies.extend([time.perf_counter() - began] * len(json.loads(answer)["items"]))
             else:
-                if response.status_code == 202:
-                    run.latencies.extend([time.perf_counter() - began] * len(response.json()["items"]))
-                else:
-                    run.errors[f"HTTP {response.status_code}"] += 1
-            run.seconds = time.perf_counter() - began
+                run.errors[f"HTTP {status}"] += 1
+        finally:
+            pool.close()
+        run.seconds = time.perf_counter() - began
         return run
 
     return single, measured(pid, lambda: asyncio.run(one()))
-
-
-# --- profiling -------------------------------------------------------------------------------------------------
-
-# Exclusive attribution: a sample goes to the deepest frame in its stack that matches one of these (so the
-# shares add up to 100%); a sample matching none is the server's own machinery (uvicorn, asyncio, threads).
-PARTS = [
-    ("handler: SQL catalog read (load_task)", "load_task (longrun_gateway/submission.py"),
-    ("handler: args JSON Schema check", "check_args (longrun_gateway/submission.py"),
-    ("handler: Job row + limits (build_job rest)", "build_job (longrun_gateway/submission.py"),
-    ("handler: SQL INSERT + COMMIT", "commit (sqlalchemy/orm/session.py"),
-    ("handler: SQL refresh after commit", "refresh (sqlalchemy/orm/session.py"),
-    ("handler: queued event (Lua publish)", "publish (longrun_common/publisher.py"),
-    ("handler: Celery message (dispatch.send_job)", "send_job (longrun_common/dispatch.py"),
-    ("handler: JobStore.submit rest (session)", "submit (longrun_common/jobs.py"),
-    ("handler: dispatched mark (HSET)", "announce (longrun_common/jobs.py"),
-    ("handler: SQL INSERT + COMMIT (Core)", "accept (longrun_common/jobs.py"),
-    ("handler: snapshot read (HGETALL)", "snapshot (longrun_gateway/views.py"),
-    ("handler: job view + stream token", "present (longrun_gateway/views.py"),
-    ("handler: idempotency digest etc.", "submit (longrun_gateway/submission.py"),
-    ("handler: JSONResponse + rest", "submit_job (longrun_gateway/routes/jobs.py"),
-    ("request body parse + pydantic", "parse (longrun_gateway/deps.py"),
-    ("auth (API key: bootstrap, cache or SQL)", "longrun_gateway/auth.py"),
-    ("auth (get_tenant)", "get_tenant (longrun_gateway/deps.py"),
-    ("threadpool hand-off (anyio)", "anyio/"),
-    ("FastAPI routing + dependencies", "fastapi/"),
-    ("Starlette routing/exceptions", "starlette/"),
-    ("metrics middleware (prometheus)", "longrun_gateway/middleware.py"),
-    ("logging (access log)", "logging/__init__.py"),
-    ("uvicorn HTTP protocol (httptools)", "uvicorn/protocols/http"),
-]
-OTHER = "asyncio loop, threads, other"
-
-
-def profile_gateway(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
-    """Start py-spy (a dev dependency) sampling the gateway for `seconds`."""
-    argv = [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--duration",
-            str(int(seconds)), "--rate", "200", "--format", "raw", "--output", str(out), "--nonblocking", "--gil"]
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def summarize_profile(path: Path) -> None:
-    total = 0
-    parts: Counter[str] = Counter()
-    leaf: Counter[str] = Counter()
-    for line in path.read_text().splitlines():
-        stack_text, _, n = line.rpartition(" ")
-        if not n.isdigit():
-            continue
-        samples = int(n)
-        total += samples
-        frames = stack_text.split(";")
-        parts[_part(frames)] += samples
-        leaf[_short(frames[-1])] += samples
-    if not total:
-        print("py-spy recorded no samples")
-        return
-    rows = [[label, num(parts[label]), f"{parts[label] / total * 100:.1f}%"] for label, _ in [*PARTS, (OTHER, "")]]
-    print_table(f"Where the gateway's CPU goes (py-spy --gil, {total} samples; each sample counted once, under the "
-                "deepest named frame)", ["part", "samples", "share"], rows)
-    print_table("Hottest leaf frames (self time)", ["frame", "samples", "share"],
-                [[f, num(c), f"{c / total * 100:.1f}%"] for f, c in leaf.most_common(10)])
-
-
-def _part(frames: list[str]) -> str:
-    for frame in reversed(frames):
-        for label, needle in PARTS:
-            if needle in frame:
-                return label
-    return OTHER
-
-
-def _short(frame: str) -> str:
-    name, _, where = frame.partition(" (")
-    where = where.rstrip(")")
-    parts = where.split("/")
-    return f"{name} ({'/'.join(parts[-2:])})"
 
 
 # --- tracing on ------------------------------------------------------------------------------------------------

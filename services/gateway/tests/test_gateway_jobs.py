@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -25,6 +28,7 @@ from longrun_common.models import Job, TaskRecord
 from longrun_common.publisher import EventSpec, Publisher
 from longrun_common.settings import Settings
 from longrun_common.states import JobStatus
+from longrun_gateway.submission import SubmitLane
 from tests.support.jobs import queued_messages
 
 pytestmark = pytest.mark.integration
@@ -207,8 +211,11 @@ async def test_empty_catalog_says_so(client: httpx.AsyncClient) -> None:
     assert "no worker has registered its tasks yet" in error["message"]
 
 
-async def test_submit_takes_one_threadpool_hop(lite_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Auth, the rate limit and the body run on the event loop; only the handler's SQL/Redis work hops."""
+async def test_submit_takes_one_hop_to_the_submit_lane(
+    lite_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Auth, the rate limit and the body run on the event loop; only the SQL/Redis work hops, to the submit lane
+    (never to the shared thread pool)."""
     hops: list[str] = []
     run_sync = anyio.to_thread.run_sync
 
@@ -216,9 +223,41 @@ async def test_submit_takes_one_threadpool_hop(lite_client: httpx.AsyncClient, m
         hops.append(getattr(func, "__qualname__", repr(func)))
         return await run_sync(func, *args, **kwargs)
 
+    lane = gateway_of(lite_client).submits
+    run_in_lane = lane.run
+
+    async def counted_lane(work: Callable[[], Any]) -> Any:
+        hops.append("lane")
+        return await run_in_lane(work)
+
     monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    monkeypatch.setattr(lane, "run", counted_lane)
     await submit(lite_client)
-    assert len(hops) == 1, hops
+    assert hops == ["lane"]
+
+
+async def test_submit_lane_bounds_concurrency() -> None:
+    """A burst of submits runs at most `threads` at once, the rest waiting their turn; each one's result comes
+    back to its own caller."""
+    lane = SubmitLane(2)
+    running, most = [0], [0]
+    guard = threading.Lock()
+
+    def work(index: int) -> int:
+        with guard:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.01)
+        with guard:
+            running[0] -= 1
+        return index
+
+    try:
+        results = await asyncio.gather(*(lane.run(functools.partial(work, i)) for i in range(12)))
+    finally:
+        lane.close()
+    assert most == [2]
+    assert results == list(range(12))
 
 
 def _set_max_steps(engine: Engine, maximum: int) -> None:

@@ -89,33 +89,36 @@ class Submission(Generic[M]):
 
 
 def submission(model: type[M], *, document_key: bool = True) -> Callable[..., Awaitable[Submission[M]]]:
-    """The one dependency of a submit route: auth (401/403), then the tenant's rate limit
-    (`LONGRUN_TENANT_RATE_LIMIT`, 429), then the body (422).
+    """The one dependency of a submit route: `resolve_submission` with the body parsed as `model`.
 
     The checks of TenantDep and json_body, in one dependency: FastAPI's per-request cost grows with each
-    dependency it resolves, and a submit is the gateway's hottest request.
+    dependency it resolves. (`POST /v1/jobs`, the hottest request, calls `resolve_submission` itself.)
     """
     parse = json_body(model)
-
-    async def resolved(request: Request, idempotency_key: str | None) -> Submission[M]:
-        gateway = cast(Gateway, request.state.gateway)
-        principal = await gateway.auth.authenticate(request.headers.get("authorization", ""))
-        tenant = require(principal, Scope.JOBS).tenant
-        await gateway.limiter.enforce(tenant)
-        return Submission(gateway, tenant, await parse(request), idempotency_key)
 
     # Two spellings of one dependency: FastAPI reads the header's declaration from a module-level annotation.
     if document_key:
 
         async def resolve(request: Request, idempotency_key: KeyHeader = None) -> Submission[M]:
-            return await resolved(request, idempotency_key)
+            return await resolve_submission(request, parse, idempotency_key)
 
         return resolve
 
     async def resolve_hidden(request: Request, idempotency_key: HiddenKeyHeader = None) -> Submission[M]:
-        return await resolved(request, idempotency_key)
+        return await resolve_submission(request, parse, idempotency_key)
 
     return resolve_hidden
+
+
+async def resolve_submission(
+    request: Request, parse: Callable[[Request], Awaitable[M]], idempotency_key: str | None
+) -> Submission[M]:
+    """Auth (401/403), then the tenant's rate limit (`LONGRUN_TENANT_RATE_LIMIT`, 429), then the body (422)."""
+    gateway = cast(Gateway, request.state.gateway)
+    principal = await gateway.auth.authenticate(request.headers.get("authorization", ""))
+    tenant = require(principal, Scope.JOBS).tenant
+    await gateway.limiter.enforce(tenant)
+    return Submission(gateway, tenant, await parse(request), idempotency_key)
 
 
 # Free text in query strings (filters): no control characters, which no database column holds.

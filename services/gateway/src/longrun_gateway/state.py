@@ -23,7 +23,7 @@ from .auth import Authenticator
 from .live import LiveEvents
 from .metrics import Metrics
 from .ratelimit import SubmitLimiter
-from .submission import TaskCatalog
+from .submission import SubmitLane, TaskCatalog
 
 
 @dataclass
@@ -41,6 +41,7 @@ class Gateway:
     reader: Reader
     store: JobStore
     catalog: TaskCatalog
+    submits: SubmitLane
     live: LiveEvents
     limiter: SubmitLimiter
     metrics: Metrics
@@ -76,6 +77,7 @@ class Gateway:
             reader=Reader(keys),
             store=store,
             catalog=TaskCatalog(engine),
+            submits=SubmitLane(),
             live=LiveEvents(settings.redis_url, keys),  # its own connection (longrun_common.pubsub)
             limiter=SubmitLimiter(async_client, keys, settings.tenant_rate_limit, settings.tenant_rates()),
             metrics=metrics,
@@ -91,6 +93,7 @@ class Gateway:
     async def aclose(self) -> None:
         if self._maintenance is not None:
             self._maintenance.set()
+        self.submits.close()
         self.metrics.unwatch_dead_letters()
         self.metrics.unwatch_jobs()
         await self.live.aclose()
