@@ -172,11 +172,11 @@ class Stack:
         index = sum(1 for s in self.services if s.name == kind)
         return self.workdir / f"{kind}-{index}.log"
 
-    def gateway(self, timeout: float = 60.0) -> Service:
-        """A real gateway (`python -m longrun_gateway`, uvicorn) on a free port, ready on /healthz."""
+    def gateway(self, *args: str, timeout: float = 60.0) -> Service:
+        """A real gateway (`python -m longrun_gateway [args]`, uvicorn) on a free port, ready on /healthz."""
         port = free_port()
         env = service_env({**self.env, "LONGRUN_GATEWAY_PORT": str(port)})
-        service = Service("gateway", python_module("longrun_gateway"), env, self._log("gateway"), port)
+        service = Service("gateway", python_module("longrun_gateway", *args), env, self._log("gateway"), port)
         self.services.append(service)
         service.start(timeout=timeout)
         return service

@@ -214,6 +214,18 @@ def traced_phases(st: Stack, args: Any) -> tuple[Run, Run, int]:
 
 # --- main ------------------------------------------------------------------------------------------------------
 
+def paced_on_two_processes(st: Stack, args: Any) -> Run:
+    """The fixed-rate phase against a gateway of `--gateway-workers` uvicorn processes sharing one port (how a
+    pod or host serves more than one core's worth of requests). Latency only: its CPU is spread over children."""
+    say(f"latency at {args.rate:g} req/s, gateway with --workers {args.gateway_workers}")
+    pair = st.gateway("--workers", str(args.gateway_workers))
+    asyncio.run(gateway_throughput(pair.url, min(args.clients, 8), 60, args.warmup, "warmup"))
+    run = asyncio.run(gateway_paced(pair.url, args.rate, args.rate_seconds, connections=max(args.clients, 64)))
+    run.name = f"gateway x{args.gateway_workers} processes @ {args.rate:g}/s"
+    pair.stop()
+    return run
+
+
 def register_catalog(st: Stack) -> None:
     """The gateway reads the task catalog from SQL: write it as a starting worker would."""
     import longrun_worker.tasks  # noqa: F401  (registers the built-in tasks)
@@ -234,6 +246,8 @@ def main() -> None:
     ap.add_argument("--rate-seconds", type=float, default=5.0, help="length of each fixed-rate phase")
     ap.add_argument("--max-requests", type=int, default=50_000, help="cap on requests per phase")
     ap.add_argument("--warmup", type=int, default=200, help="requests sent to each side before measuring")
+    ap.add_argument("--gateway-workers", type=int, default=2,
+                    help="also run the fixed-rate phase against a gateway of this many processes (1: skip)")
     ap.add_argument("--tracing", action="store_true",
                     help="also measure a gateway with OpenTelemetry tracing on (OTLP/HTTP to a local sink)")
     ap.add_argument("--profile", action="store_true",
@@ -272,6 +286,7 @@ def main() -> None:
             raw_rate = raw_paced(send, args.rate, args.rate_seconds)
             gw_rate = measured(pid, lambda: asyncio.run(gateway_paced(
                 gateway.url, args.rate, args.rate_seconds, connections=max(args.clients, 64))))
+            pair_rate = paced_on_two_processes(st, args) if args.gateway_workers > 1 else None
 
             say(f"batch: {BATCH:,} single submits vs one batch of {BATCH:,}")
             single, batch = batch_vs_single(gateway.url, pid, args.clients)
@@ -313,11 +328,14 @@ def main() -> None:
         f"Latency at a fixed offered rate of {args.rate:g} req/s (open loop, {args.rate_seconds:g}s; "
         "latency from each request's scheduled send time)",
         HEADER,
-        [raw_rate.row(), gw_rate.row()],
+        [raw_rate.row(), gw_rate.row(), *([pair_rate.row()] if pair_rate else [])],
         [f"target: gateway p99 <= {TARGET_P99 * 1000:.0f} ms -> "
          f"{'MET' if percentile(gw_rate.latencies, 99) <= TARGET_P99 else 'MISSED'}; gateway p99 / raw p99 = "
          f"{ratio(percentile(gw_rate.latencies, 99), percentile(raw_rate.latencies, 99))}; "
-         f"achieved {num(gw_rate.per_second)} req/s"],
+         f"achieved {num(gw_rate.per_second)} req/s",
+         *([f"{pair_rate.name}: p99 {ms(percentile(pair_rate.latencies, 99))} -> "
+            f"{'MET' if percentile(pair_rate.latencies, 99) <= TARGET_P99 else 'MISSED'} (one process per core; "
+            "the load generator, Redis and the database share the same 2 cores)"] if pair_rate else [])],
     )
     print_table(
         f"Batch: {BATCH:,} jobs as single submits vs one POST /v1/jobs:batch (same gateway, same run)",

@@ -29,7 +29,6 @@ def celery(redis_url: str, key_prefix: str) -> Iterator[Any]:
     # Without the fair scheduler, so every send publishes at once (the scheduler decides *when*, not *what*).
     settings = Settings(redis_url=redis_url, key_prefix=key_prefix, fair_window=0)
     app = create_celery(settings, name="longrun-gateway")
-    app.conf.task_send_sent_event = False  # as the gateway runs it
     yield app
     app.close()
 

@@ -49,7 +49,10 @@ def create_celery(settings: Settings, *, name: str = "longrun") -> Celery:
         # Every configured queue (LONGRUN_QUEUES) is declared, so `queue=` routes to any of them; a worker
         # consumes the subset its -Q names (LONGRUN_WORKER_QUEUES).
         task_queues=[_queue(keys.queue(name)) for name in settings.queue_names],
-        task_send_sent_event=True,
+        # No `task-sent` event per message (gateway submits, workflow releases, the fair dispatcher's hand-offs):
+        # a second Redis publish that doubled the cost of a send and kept it off the direct LPUSH path
+        # (broker.py). Flower still follows every task through the worker's received/started/... events.
+        task_send_sent_event=False,
         worker_send_task_events=True,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,

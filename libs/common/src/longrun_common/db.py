@@ -46,6 +46,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # WAL + NORMAL: no fsync per commit (FULL cost 0.67 ms each here, and SQLite's one writer holds its lock
+    # through it, so every other process waits too); a killed process still loses nothing committed, a power
+    # cut may lose the newest commits. Production runs PostgreSQL.
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 

@@ -19,7 +19,7 @@ from typing import cast
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from . import held, workflows
+from . import forkguard, held, workflows
 from .catalog import TaskPolicy
 from .dispatch import announce_attempt_end, is_delayed, queue_depth, scheduler_for, send_job
 from .events import JobError
@@ -94,7 +94,8 @@ class Maintenance:
     def run(self, stop: threading.Event) -> None:
         while not stop.wait(self.settings.reaper_interval):
             try:
-                self.tick()
+                with forkguard.held():  # in a worker's main process, a pool process forked now would hang
+                    self.tick()
             except Exception:  # Redis or SQL down: try again next tick
                 log.warning("maintenance tick failed", exc_info=True)
 

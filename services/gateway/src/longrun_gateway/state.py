@@ -58,9 +58,6 @@ class Gateway:
         sync_client = sync_redis(settings.redis_url)
         async_client = async_redis(settings.redis_url)
         celery = create_celery(settings, name="longrun-gateway")
-        # No `task-sent` event per submission: a second Redis publish that doubled the cost of a send. Flower
-        # still follows every task through the worker's received/started/succeeded events.
-        celery.conf.task_send_sent_event = False
         publisher = Publisher(keys, stream_maxlen=settings.stream_maxlen, event_ttl_seconds=settings.event_ttl_seconds)
         store = JobStore(engine=engine, redis=sync_client, keys=keys, publisher=publisher, celery=celery)
         metrics.watch_dead_letters(engine)

@@ -12,7 +12,7 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.worker.request import Request
 from sqlmodel import Session, select
 
-from longrun_common import telemetry
+from longrun_common import forkguard, telemetry
 from longrun_common.celery_app import create_celery
 from longrun_common.db import create_db_engine
 from longrun_common.events import JobError
@@ -155,6 +155,7 @@ def _connect_process_hooks(app: Celery, settings: Settings) -> None:
     def start_maintenance(sender: Any = None, **_: Any) -> None:
         hostname = str(getattr(sender, "hostname", ""))
         res = get_resources(settings, app)
+        forkguard.install()  # before the first thread that uses the database: see forkguard.py
         state["presence"] = announce_presence(res, settings, hostname)
         if settings.maintenance:
             state["maintenance"] = Maintenance(res.store, settings, owner=hostname, on_lost=_on_lost).start()
@@ -206,7 +207,7 @@ def _drain_after(settings: Settings, app: Celery, hostname: str) -> None:
     """After the drain window, ask this worker's still-running jobs to checkpoint and go back to the queue."""
     time.sleep(settings.drain_seconds)
     res = get_resources(settings, app)
-    with Session(res.engine) as session:
+    with forkguard.held(), Session(res.engine) as session:
         running = list(session.exec(select(Job).where(Job.status == JobStatus.RUNNING.value, Job.worker == hostname)))
     for job in running:
         log.warning("drain window over; asking job %s to checkpoint and requeue", job.id)

@@ -15,6 +15,7 @@ import time
 
 from sqlmodel import Session, select
 
+from longrun_common import forkguard
 from longrun_common.maintenance import presence_interval
 from longrun_common.models import Job
 from longrun_common.settings import Settings
@@ -50,7 +51,7 @@ def announce_presence(res: Resources, settings: Settings, hostname: str) -> thre
 def restore_leases(res: Resources, settings: Settings, hostname: str) -> int:
     """Give every job SQL says this worker runs its lease back, unless it has one (NX: a lease that is there,
     even an expired one the reaper is about to act on, is left alone). Returns how many were restored."""
-    with Session(res.engine) as session:
+    with forkguard.held(), Session(res.engine) as session:
         running = list(session.exec(select(Job.id).where(Job.status == JobStatus.RUNNING.value,
                                                          Job.worker == hostname)))
     if not running:

@@ -29,6 +29,7 @@ from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker.request import Request
 
+from longrun_common import forkguard
 from longrun_common.catalog import TaskPolicy
 from longrun_common.events import JobError
 from longrun_common.jobs import JobStore
@@ -155,6 +156,7 @@ def _job_of(kwargs: Any) -> tuple[str | None, int]:
 def _record_timeout(settings: Settings, app: Celery, job_id: str, attempt: int, worker: str, message: str) -> None:
     time.sleep(SETTLE_SECONDS)
     try:
-        end_timed_out_attempt(get_resources(settings, app), job_id, attempt, worker, message)
+        with forkguard.held():  # a thread of the main process, which forks the pool's processes
+            end_timed_out_attempt(get_resources(settings, app), job_id, attempt, worker, message)
     except Exception:  # SQL or Redis down: the reaper (running job) or the reconciler (claim released) repairs
         log.exception("could not record the time limit of job %s attempt %s", job_id, attempt)
