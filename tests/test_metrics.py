@@ -81,7 +81,9 @@ def test_every_service_exports_its_documented_metrics(services: ServiceFactory, 
     assert value(found, "longrun_job_run_duration_seconds_count", task="demo.steps") == 5
     assert value(found, "longrun_job_queue_wait_seconds_count", task="demo.steps") == 5
     assert value(found, "longrun_jobs_running", task="demo.steps") == 0
-    assert value(found, "longrun_progress_reports_published_total", task="demo.steps") >= 4
+    # Reports published while a job ran: the quiet job's two (4 s apart) and the retried job's first attempt's,
+    # flushed as it failed. A job that succeeds sends its last report in its success event, not on its own.
+    assert value(found, "longrun_progress_reports_published_total", task="demo.steps") >= 3
     assert value(found, "longrun_worker_queue_consumers", queue="default") == 1
     assert ("longrun_job_seconds_since_report", (("task", "demo.steps"),)) not in found  # nothing runs
     assert not any(job_id in str(key) for key in found for job_id in done), "a job id in a label"
