@@ -84,6 +84,26 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]
     sys.stdout.flush()
 
 
+def collapsed_stacks(path: Path) -> Iterator[tuple[list[str], int]]:
+    """py-spy's raw (collapsed) output: each sampled stack, outermost frame first, with its sample count."""
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if count.isdigit():
+            yield stack.split(";"), int(count)
+
+
+def paced(rate: float, count: int) -> Iterator[tuple[int, float]]:
+    """An open-loop schedule: item i is due at start + i / rate (time.perf_counter); sleeps until each is due and
+    yields (i, due), so a late item shows as its lateness, not as a later schedule."""
+    start = time.perf_counter()
+    for i in range(count):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        yield i, due
+
+
 def say(message: str) -> None:
     """Progress lines while a benchmark runs (stderr, so the tables on stdout stay clean)."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

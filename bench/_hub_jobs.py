@@ -8,7 +8,7 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-from _common import percentile
+from _common import paced, percentile
 from _hub_rig import KEY_PREFIX, TENANT, TOKEN_SECRET
 
 from longrun_common.events import Progress
@@ -84,12 +84,8 @@ def paced_publisher(redis_url: str, job_ids: list[str], rate_per_job: float, eve
     while time.time() < start_at:
         time.sleep(0.001)
     began = time.time()
-    for n in range(count):
-        target = began + n / total_rate
-        pause = target - time.time()
-        if pause > 0:
-            time.sleep(pause)
-        late.append(time.time() - target)
+    for n, due in paced(total_rate, count):
+        late.append(time.perf_counter() - due)
         job_id = job_ids[n % len(job_ids)]
         ts = time.time()
         spec = replace(progress_spec(job_id, n // len(job_ids) + 1, events_per_job), ts=ts)

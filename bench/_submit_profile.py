@@ -7,7 +7,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from _common import num, print_table
+from _common import collapsed_stacks, num, print_table
 
 # Exclusive attribution: a sample goes to the deepest frame in its stack that matches one of these (so the
 # shares add up to 100%); a sample matching none is the server's own machinery (uvicorn, asyncio, threads).
@@ -53,13 +53,8 @@ def summarize_profile(path: Path) -> None:
     total = 0
     parts: Counter[str] = Counter()
     leaf: Counter[str] = Counter()
-    for line in path.read_text().splitlines():
-        stack_text, _, n = line.rpartition(" ")
-        if not n.isdigit():
-            continue
-        samples = int(n)
+    for frames, samples in collapsed_stacks(path):
         total += samples
-        frames = stack_text.split(";")
         parts[_part(frames)] += samples
         leaf[_short(frames[-1])] += samples
     if not total:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import num, print_table, say
+from _common import collapsed_stacks, num, print_table, say
 from _hub_clients import RawPlan, raw_client_process
 from _hub_jobs import announce_jobs, make_publisher, new_job_ids, progress_spec, token_for
 from _hub_rig import cpu_seconds, raise_nofile, rig
@@ -91,13 +91,8 @@ def summarize_py_spy(path: Path, top: int) -> str:
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        n = int(count)
+    for frames, n in collapsed_stacks(path):
         total += n
-        frames = stack.split(";")
         own[frames[-1]] += n
         for frame in set(frames):
             inclusive[frame] += n

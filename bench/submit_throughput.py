@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import Stack, ms, num, parser, percentile, print_table, ratio, say, stack
+from _common import Stack, ms, num, paced, parser, percentile, print_table, ratio, say, stack
 from _submit_load import (
     HEADER,
     HttpError,
@@ -124,11 +124,7 @@ def raw_paced(send: Callable[[], None], rate: float, seconds: float) -> Run:
     run = Run(f"raw send_task @ {rate:g}/s")
     total = int(rate * seconds)
     start = time.perf_counter()
-    for i in range(total):
-        due = start + i / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
+    for _, due in paced(rate, total):
         try:
             send()
         except Exception as exc:
