@@ -81,15 +81,8 @@ lint: install ## ruff and mypy
 	$(RUN) ruff check .
 	$(RUN) mypy $(MYPY_TARGETS)
 
-bench: install ## run every bench/*.py in turn (each compares against its baseline in the same run; _*.py are helpers)
-	@shopt -s nullglob; scripts=(); for f in bench/*.py; do [[ $$(basename "$$f") == _* ]] || scripts+=("$$f"); done; \
-	if [ $${#scripts[@]} -eq 0 ]; then echo "make bench: no benchmarks in bench/ yet"; exit 0; fi; \
-	failed=(); \
-	for script in "$${scripts[@]}"; do \
-		echo "=== $$script"; \
-		PATH="$$PATH:$$($(PYTHON) scripts/devredis.py bindir)" $(RUN) python "$$script" || failed+=("$$script"); \
-	done; \
-	if [ $${#failed[@]} -gt 0 ]; then echo "make bench: failed: $${failed[*]}" >&2; exit 1; fi
+bench: install ## run every bench/*.py in turn (each against its same-run baseline), then list every MET/MISSED line
+	@PATH="$$PATH:$$($(PYTHON) scripts/devredis.py bindir)" $(RUN) python scripts/bench_all.py
 
 chart-test: install helm test-services ## lint, render and validate the Helm chart (charts/longrun; also in `make test`)
 	@pg_bin=$$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true); \

@@ -196,3 +196,19 @@ def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [f"LONGRUN_{name.upper()}" for name in Settings.model_fields if f"`LONGRUN_{name.upper()}`" not in readme]
     assert missing == [], f"README.md does not document {missing}"
+
+
+def test_bench_runner_repeats_each_verdict_and_reports_a_failed_script(tmp_path: Path) -> None:
+    """`make bench` lists every MET/MISSED line at the end, and a script that fails is told apart from a miss."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_all", repo_root() / "scripts" / "bench_all.py")
+    assert spec is not None and spec.loader is not None
+    bench_all = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_all)
+    script = tmp_path / "fake_bench.py"
+    script.write_text("import sys\nprint('a figure: 12 ms')\nprint('  target: p99 <= 20 ms -> MET (12 ms)')\n"
+                      "print('target: CPU <= 3x -> MISSED (4.1x)')\nsys.exit(3)\n")
+    code, verdicts = bench_all.run(script, [])
+    assert code == 3
+    assert verdicts == ["target: p99 <= 20 ms -> MET (12 ms)", "target: CPU <= 3x -> MISSED (4.1x)"]
