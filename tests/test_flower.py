@@ -158,3 +158,47 @@ def test_flower_matches_the_job_table(
     retry = flower_task(flower, f"{lost.id}.1", "RETRY")
     assert "lost" in retry["exception"]
     flower_task(flower, f"{lost.id}.2", "SUCCESS")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_task_events_go_out_in_batches_and_none_is_lost(
+    services: ServiceFactory, store: JobStore, settings: Settings
+) -> None:
+    """The worker's consumer sends its buffered task events a few milliseconds late, so one `task.multi`
+    message carries many (longrun_worker/consumer.py): every task's events still arrive, in far fewer messages
+    than events (Celery alone sends about one message per event under load)."""
+    import base64
+    import json
+
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url)
+    listener = client.pubsub(ignore_subscribe_messages=True)
+    listener.psubscribe(f"*{settings.key_prefix}*celeryev*")
+    services("worker", "--concurrency=2")
+    jobs = [submit(store, "demo.steps", {"steps": 1, "delay": 0}) for _ in range(30)]
+    done = wait_for(store, [job.id for job in jobs], timeout=90)
+    assert {job.status for job in done} == {"succeeded"}
+
+    wanted = {f"{job.id}.{job.attempt}" for job in jobs}
+    succeeded: set[str] = set()
+    messages = events = 0
+    deadline = time.monotonic() + 10
+    while succeeded != wanted and time.monotonic() < deadline:
+        message = listener.get_message(timeout=0.5)
+        if message is None:
+            continue
+        envelope = json.loads(message["data"])
+        body = json.loads(base64.b64decode(envelope["body"]) if envelope.get("properties", {}).get(
+            "body_encoding") == "base64" else envelope["body"])
+        batch = [event for event in (body if isinstance(body, list) else [body])
+                 if str(event.get("type", "")).startswith("task-") and event.get("uuid") in wanted]
+        if batch:
+            messages += 1
+            events += len(batch)
+            succeeded |= {event["uuid"] for event in batch if event["type"] == "task-succeeded"}
+    listener.close()
+    client.close()
+    assert succeeded == wanted, f"task-succeeded missing for {len(wanted - succeeded)} of {len(wanted)} tasks"
+    assert events >= 3 * len(wanted)  # received, started, succeeded of each
+    assert messages <= events / 2, f"{events} task events took {messages} messages: not batched"

@@ -39,6 +39,7 @@ def create_worker_app(settings: Settings) -> Celery:
     broker.install()  # keeps the worker alive through Redis outages (kombu defect, see broker.py)
     app = create_celery(settings)
     request = request_class(settings, app)
+    app.conf.worker_consumer = "longrun_worker.consumer:Consumer"  # task events sent in batches (consumer.py)
     # Every log line written during a job says which job, attempt and trace (longrun_common.telemetry).
     telemetry.install_log_fields()
     app.conf.worker_log_format = "[%(asctime)s: %(levelname)s/%(processName)s]%(longrun_job)s %(message)s"
