@@ -20,10 +20,11 @@ from longrun_common.redis_clients import AsyncRedis, SyncRedis, async_redis, syn
 from longrun_common.settings import Settings
 
 from .auth import Authenticator
+from .lane import GroupLane
 from .live import LiveEvents
 from .metrics import Metrics
 from .ratelimit import SubmitLimiter
-from .submission import SubmitLane, TaskCatalog
+from .submission import SubmitCall, Submitted, TaskCatalog, submit_group
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Gateway:
     reader: Reader
     store: JobStore
     catalog: TaskCatalog
-    submits: SubmitLane
+    submits: GroupLane[SubmitCall, Submitted]  # POST /v1/jobs, committed in groups
     live: LiveEvents
     limiter: SubmitLimiter
     metrics: Metrics
@@ -62,7 +63,7 @@ class Gateway:
         store = JobStore(engine=engine, redis=sync_client, keys=keys, publisher=publisher, celery=celery)
         metrics.watch_dead_letters(engine)
         metrics.watch_jobs(engine, sync_client)
-        return cls(
+        gateway = cls(
             settings=settings,
             engine=engine,
             redis=sync_client,
@@ -74,12 +75,13 @@ class Gateway:
             reader=Reader(keys),
             store=store,
             catalog=TaskCatalog(engine),
-            submits=SubmitLane(),
+            submits=GroupLane(lambda calls: submit_group(gateway, calls)),
             live=LiveEvents(settings.redis_url, keys),  # its own connection (longrun_common.pubsub)
             limiter=SubmitLimiter(async_client, keys, settings.tenant_rate_limit, settings.tenant_rates()),
             metrics=metrics,
             auth=Authenticator(settings, engine),
         )
+        return gateway
 
     async def start(self) -> None:
         await self.live.start()
