@@ -27,7 +27,7 @@ Out = TypeVar("Out")
 
 # Lane threads per gateway process. Measured with bench/submit_throughput.py: a second thread lets one group's
 # Redis phase overlap the next group's commit (see the report in docs/INTERNALS.md, "Submit lane").
-LANE_THREADS = int(__import__("os").environ.get("LANE_EXPERIMENT_THREADS", "2"))  # EXPERIMENT
+LANE_THREADS = 2
 # The most submits one group takes: a bound on one transaction's size and on the latency of its first request.
 MAX_GROUP = 200
 
