@@ -74,7 +74,7 @@ def test_one_trace_from_submit_to_hub_send(services: ServiceFactory, receiver: O
     assert not post.parent_id
 
     # Gateway: the commit and the Celery publish are children of the request.
-    (commit,) = named(trace, "longrun-gateway", r"commit job")
+    (commit,) = named(trace, "longrun-gateway", r"commit jobs?")
     assert post in ancestors(commit, by_id)
     assert any(s.name.startswith("INSERT") for s in trace if commit in ancestors(s, by_id)), [
         (s.service, s.name, s.parent_id[:4], s.span_id[:4]) for s in trace]

@@ -10,9 +10,10 @@ import redis
 
 from longrun_common.events import Progress
 from longrun_common.keys import Keys
-from longrun_common.publisher import EventSpec, Publisher
+from longrun_common.publisher import _SCRIPT, EventSpec, Publisher
 from longrun_common.reader import Reader
 from longrun_common.states import JobStatus
+from tests.support.servers import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -92,3 +93,22 @@ def test_lost_hash_continues_after_the_known_seq(redis_client: redis.Redis, key_
     redis_client.delete(keys.job("j5"), keys.stream("j5"))  # Redis lost the job (restart, flush)
     assert pub.publish(redis_client, spec("j5", seq_floor=3)).seq == 4
     assert pub.publish(redis_client, spec("j5", seq_floor=0)).seq == 5  # the floor only seeds a missing hash
+
+
+def test_publish_many_after_redis_lost_its_scripts(key_prefix: str) -> None:
+    """`publish_many` pipelines bare EVALSHAs (no SCRIPT EXISTS first): after a restart that lost the script,
+    it loads it and publishes every event exactly once."""
+    keys = Keys(key_prefix)
+    pub, reader = Publisher(keys), Reader(keys)
+    server = RedisServer().start()
+    try:
+        with redis.Redis.from_url(server.url) as client:
+            assert [p.seq for p in pub.publish_many(client, [spec("j1"), spec("j2")])] == [1, 1]
+        server.restart()  # no persistence: the events and the loaded script are gone
+        with redis.Redis.from_url(server.url) as client:
+            assert not client.script_exists(pub._script(client, _SCRIPT).sha)[0]
+            assert [p.seq for p in pub.publish_many(client, [spec("j3"), spec("j4"), spec("j3")])] == [1, 1, 2]
+            assert [e["seq"] for e in reader.events_after(client, "j3", 0)] == [1, 2]
+            assert [e["seq"] for e in reader.events_after(client, "j4", 0)] == [1]
+    finally:
+        server.stop()

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +27,7 @@ from longrun_common.models import Job, TaskRecord
 from longrun_common.publisher import EventSpec, Publisher
 from longrun_common.settings import Settings
 from longrun_common.states import JobStatus
-from longrun_gateway.submission import SubmitLane
+from longrun_gateway.lane import GroupLane
 from tests.support.jobs import queued_messages
 
 pytestmark = pytest.mark.integration
@@ -226,9 +225,9 @@ async def test_submit_takes_one_hop_to_the_submit_lane(
     lane = gateway_of(lite_client).submits
     run_in_lane = lane.run
 
-    async def counted_lane(work: Callable[[], Any]) -> Any:
+    async def counted_lane(call: Any) -> Any:
         hops.append("lane")
-        return await run_in_lane(work)
+        return await run_in_lane(call)
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
     monkeypatch.setattr(lane, "run", counted_lane)
@@ -236,28 +235,43 @@ async def test_submit_takes_one_hop_to_the_submit_lane(
     assert hops == ["lane"]
 
 
-async def test_submit_lane_bounds_concurrency() -> None:
-    """A burst of submits runs at most `threads` at once, the rest waiting their turn; each one's result comes
-    back to its own caller."""
-    lane = SubmitLane(2)
-    running, most = [0], [0]
+async def test_submit_lane_groups_what_waits_and_answers_each_caller() -> None:
+    """Items arriving while the lane's threads are busy wait, and the next free thread takes all of them as one
+    group (at most `max_group`); at most `threads` groups run at once; each caller gets its own item's outcome,
+    an exception included, and a handler that fails as a whole fails every caller of its group."""
+    running, most, groups = [0], [0], []
     guard = threading.Lock()
 
-    def work(index: int) -> int:
+    def handle(items: Sequence[int]) -> list[int | Exception]:
         with guard:
             running[0] += 1
             most[0] = max(most[0], running[0])
-        time.sleep(0.01)
+            groups.append(list(items))
+        time.sleep(0.05)
         with guard:
             running[0] -= 1
-        return index
+        if -1 in items:
+            raise RuntimeError("the whole group failed")
+        return [ValueError(f"bad {item}") if item % 10 == 7 else item * 2 for item in items]
 
+    lane: GroupLane[int, int] = GroupLane(handle, threads=2, max_group=5)
     try:
-        results = await asyncio.gather(*(lane.run(functools.partial(work, i)) for i in range(12)))
+        first = asyncio.gather(*(lane.run(i) for i in range(2)))
+        await asyncio.sleep(0.02)  # both threads busy: the rest queue up behind them
+        results = await asyncio.gather(first, *(lane.run(i) for i in range(2, 30)), return_exceptions=True)
+        failed = await asyncio.gather(lane.run(-1), return_exceptions=True)
     finally:
         lane.close()
     assert most == [2]
-    assert results == list(range(12))
+    assert max(len(group) for group in groups) == 5  # grouped, and never more than max_group
+    assert sorted(item for group in groups for item in group) == [-1, *range(30)]
+    assert results[0] == [0, 2]
+    for index, outcome in enumerate(results[1:], start=2):
+        if index % 10 == 7:
+            assert isinstance(outcome, ValueError) and str(outcome) == f"bad {index}"
+        else:
+            assert outcome == index * 2
+    assert isinstance(failed[0], RuntimeError)
 
 
 def _set_max_steps(engine: Engine, maximum: int) -> None:

@@ -47,44 +47,43 @@ def send_job(celery: Celery, keys: Keys, job: Job, *, countdown: float | None = 
              urgent: bool = False) -> str | None:
     """Send the job's message, or hold it: returns why it is held (`queued_reason`), None once it is on the queue.
 
-    A delayed job stays in SQL until its run_at. Otherwise, with a fair scheduler, the job joins its tenant's
-    pending set and the dispatcher publishes whatever may go now (fairness.py); an `urgent` job (recovered from
-    a dead worker) or a retry with a countdown goes straight to the queue, as without one.
+    `send_jobs` with one job, except that a retry with a countdown goes straight to the queue (Celery's eta).
     Raises kombu's OperationalError when the broker cannot be reached.
     """
-    if is_delayed(job):
-        return DELAYED
-    scheduler = scheduler_for(celery)
-    if scheduler is None or urgent or countdown:
+    if countdown and not is_delayed(job):
         publish(celery, keys, [_spec(job)], countdown=countdown, urgent=urgent)
         return None
-    reason, ready = scheduler.enqueue(_spec(job))
-    _publish_released(celery, keys, scheduler, job.queue, ready)
-    return reason
+    return send_jobs(celery, keys, [job], urgent=urgent)[0]
 
 
-def send_jobs(celery: Celery, keys: Keys, jobs: Sequence[Job]) -> list[str | None]:
-    """`send_job` for many jobs (a batch submit), in order: each job's `queued_reason`, as `send_job` returns it.
+def send_jobs(celery: Celery, keys: Keys, jobs: Sequence[Job], *, urgent: bool = False) -> list[str | None]:
+    """Send (or hold) every job's message, in order: each job's `queued_reason` (None once it is on the queue).
 
-    Without a fair scheduler the messages go in one pipelined round trip where the broker allows; with one, each
-    job joins its tenant's pending set (one script call each) and what the dispatcher releases is published.
+    A delayed job stays in SQL until its run_at (DELAYED). Otherwise, with a fair scheduler, the jobs join their
+    tenants' pending sets (one script call per queue, whatever the number of jobs) and what the dispatcher
+    releases is published (fairness.py); without one, or for `urgent` jobs (recovered from a dead worker), the
+    messages go straight to the queue, pipelined in one round trip where the broker allows.
     On a broker failure some leading messages may have been sent; the caller cannot tell which.
     """
     scheduler = scheduler_for(celery)
-    reasons: list[str | None] = []
+    reasons: list[str | None] = [None] * len(jobs)
     direct: list[Spec] = []
-    for job in jobs:
+    held: dict[str, list[tuple[int, Spec]]] = {}  # queue -> (index in jobs, spec)
+    for index, job in enumerate(jobs):
         if is_delayed(job):
-            reasons.append(DELAYED)
-        elif scheduler is None:
+            reasons[index] = DELAYED
+        elif scheduler is None or urgent:
             direct.append(_spec(job))
-            reasons.append(None)
         else:
-            reason, ready = scheduler.enqueue(_spec(job))
-            _publish_released(celery, keys, scheduler, job.queue, ready)
-            reasons.append(reason)
+            held.setdefault(job.queue, []).append((index, _spec(job)))
     if direct:
-        publish(celery, keys, direct)
+        publish(celery, keys, direct, urgent=urgent)
+    if scheduler is not None:
+        for queue, entries in held.items():
+            why, ready = scheduler.enqueue([spec for _, spec in entries])
+            for (index, _), reason in zip(entries, why, strict=True):
+                reasons[index] = reason
+            _publish_released(celery, keys, scheduler, queue, ready)
     return reasons
 
 

@@ -24,7 +24,7 @@ attempt fencing). Keys (all under `{prefix}:fair:`):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,23 +101,32 @@ local function dispatch()
 end
 """.replace("SENDING_TTL_MS", str(SENDING_TTL_MS))
 
-# Own arguments: job id, tenant, priority (0-9), spec. Returns {reason or '', spec…}: the reason the job is held
-# ('' when it was dispatched at once), then every message to publish now.
+# Own arguments: for each job of the queue, its id, tenant, priority (0-9) and spec. Every job joins its tenant's
+# pending set, then the dispatcher runs once. Returns {reason or '' per job, in order, then every message to publish
+# now}: a job's reason is why it is held ('' when it was dispatched at once). One call for a whole batch of submits:
+# a round trip per job would cost more than the scheduling itself.
 _ENQUEUE = _COMMON + """
-local job, tenant, priority, spec = ARGV[rest], ARGV[rest + 1], tonumber(ARGV[rest + 2]), ARGV[rest + 3]
 redis.call('SADD', shared .. 'queues', queue)
-local pending = q .. 'pending:' .. tenant
-local score = string.format('%.0f', (9 - priority) * 1e12 + redis.call('INCR', shared .. 'seq'))
-redis.call('HSET', specs, job, spec)
-redis.call('ZADD', pending, 'NX', score, job)
-if not redis.call('LPOS', ring, tenant) then redis.call('RPUSH', ring, tenant) end
-local out = dispatch()
-local reason = ''
-if redis.call('ZSCORE', pending, job) then
-  reason = at_limit(tenant) and 'tenant_concurrency_limit' or 'fair_share'
+local seq = shared .. 'seq'
+for at = rest, #ARGV, 4 do
+  local job, tenant, priority, spec = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2]), ARGV[at + 3]
+  local pending = q .. 'pending:' .. tenant
+  local score = string.format('%.0f', (9 - priority) * 1e12 + redis.call('INCR', seq))
+  redis.call('HSET', specs, job, spec)
+  redis.call('ZADD', pending, 'NX', score, job)
+  if not redis.call('LPOS', ring, tenant) then redis.call('RPUSH', ring, tenant) end
 end
-table.insert(out, 1, reason)
-return out
+local out = dispatch()
+local reasons = {}
+for at = rest, #ARGV, 4 do
+  local reason = ''
+  if redis.call('ZSCORE', q .. 'pending:' .. ARGV[at + 1], ARGV[at]) then
+    reason = at_limit(ARGV[at + 1]) and 'tenant_concurrency_limit' or 'fair_share'
+  end
+  reasons[#reasons + 1] = reason
+end
+for _, spec in ipairs(out) do reasons[#reasons + 1] = spec end
+return reasons
 """
 
 # Own arguments: job ids whose attempt ended (may be none). Returns the messages to publish now.
@@ -184,12 +193,17 @@ class Scheduler:
         """The tenant's concurrency limit (0 = unlimited)."""
         return self.overrides.get(tenant, self.concurrency)
 
-    def enqueue(self, spec: Spec) -> tuple[str | None, list[Spec]]:
-        """Hold the job in its tenant's pending set and dispatch what may go now: (why it is held, or None when
-        it went straight to the queue; the messages to publish)."""
-        raw = self._enqueue(args=self._args(spec.queue, spec.id, spec.tenant, spec.priority, spec.dumps()))
-        reason = raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0])
-        return reason or None, [Spec.loads(item) for item in raw[1:]]
+    def enqueue(self, specs: Sequence[Spec]) -> tuple[list[str | None], list[Spec]]:
+        """Hold the jobs (all of one queue) in their tenants' pending sets and dispatch what may go now, in one
+        script call: (why each job is held, or None when it went straight to the queue; the messages to publish)."""
+        queue = specs[0].queue
+        own: list[Any] = []
+        for spec in specs:
+            assert spec.queue == queue, "one queue per call: the dispatcher runs per queue"
+            own += [spec.id, spec.tenant, spec.priority, spec.dumps()]
+        raw = self._enqueue(args=self._args(queue, *own))
+        reasons = [(item.decode() if isinstance(item, bytes) else str(item)) or None for item in raw[:len(specs)]]
+        return reasons, [Spec.loads(item) for item in raw[len(specs):]]
 
     def dispatch(self, queue: str, ended: Iterable[str] = ()) -> list[Spec]:
         """Release the jobs whose attempt `ended`, then take what may go now from the queue's pending sets."""

@@ -15,7 +15,6 @@ from typing import Any
 import kombu.exceptions
 import redis
 from celery import Celery
-from redis.client import Pipeline
 from sqlalchemy import Engine, Update, func, insert, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, delete, select
@@ -89,8 +88,8 @@ class JobStore:
         return self.announce_many(jobs)
 
     def announce_many(self, jobs: Sequence[Job]) -> list[Published | None]:
-        """`announce` for many jobs already in SQL (a batch submit, a workflow's released steps): every `queued`
-        event in one pipelined round trip, then every message (`send_jobs`), then every `dispatched` mark.
+        """`announce` for many jobs already in SQL (a submit group, a batch submit, a workflow's released steps):
+        every `queued` event in one pipelined round trip, then every message (`dispatch_many`).
         On a Redis or broker failure the jobs stay accepted: see `submit_many`."""
         try:
             published: list[Published | None] = list(self.publisher.publish_many(self.redis, [
@@ -101,12 +100,7 @@ class JobStore:
         if self.celery is None:
             return published
         try:
-            reasons = send_jobs(self.celery, self.keys, jobs)
-            pipe = self.redis.pipeline(transaction=False)
-            for job, reason in zip(jobs, reasons, strict=True):
-                if reason != DELAYED:  # a delayed job is marked when maintenance releases it (held.py)
-                    self._mark_dispatched(pipe, job, reason)
-            pipe.execute()
+            reasons = self.dispatch_many(jobs)
         except (redis.RedisError, kombu.exceptions.OperationalError) as exc:
             log.warning("%d jobs accepted but their messages not all sent (%s); the reconciler will", len(jobs), exc)
             return published
@@ -120,31 +114,34 @@ class JobStore:
 
     def announce(self, job: Job, *, urgent: bool = False) -> Published:
         """Publish the job's current (queued/retrying) status and send its message; the reconciler reuses this
-        after Redis lost the job."""
+        after Redis lost the job. Unlike `announce_many`, a Redis or broker failure raises."""
         published = self.publisher.publish(self.redis, self._status_event(job))
         if self.celery is not None:
             published = replace(published, queued_reason=self.dispatch(job, urgent=urgent))
         return published
 
     def dispatch(self, job: Job, *, urgent: bool = False) -> str | None:
-        """Send (or hold) the job's message and mark it in the job's hash: `dispatched` (the reconciler resends
-        a queued job whose send never happened) and `queued_reason` while the fair scheduler holds it."""
-        assert self.celery is not None
-        reason = send_job(self.celery, self.keys, job, urgent=urgent)
-        if reason == DELAYED:
-            return reason  # not sent: maintenance releases it at run_at (held.py), and marks it then
-        pipe = self.redis.pipeline(transaction=False)
-        self._mark_dispatched(pipe, job, reason)
-        pipe.execute()
-        return reason
+        """`dispatch_many` for one job."""
+        return self.dispatch_many([job], urgent=urgent)[0]
 
-    def _mark_dispatched(self, pipe: Pipeline[bytes], job: Job, reason: str | None) -> None:
-        key = self.keys.job(job.id)
-        pipe.hset(key, "dispatched", str(job.attempt))
-        if reason is None:
-            pipe.hdel(key, "queued_reason")
-        else:
-            pipe.hset(key, "queued_reason", reason)
+    def dispatch_many(self, jobs: Sequence[Job], *, urgent: bool = False) -> list[str | None]:
+        """Send (or hold) the jobs' messages, then mark each in its hash, in one pipelined round trip:
+        `dispatched` (the reconciler resends a queued job whose send never happened) and `queued_reason` while
+        the fair scheduler holds it. The marks follow the sends: a mark must never claim a message not sent."""
+        assert self.celery is not None
+        reasons = send_jobs(self.celery, self.keys, jobs, urgent=urgent)
+        pipe = self.redis.pipeline(transaction=False)
+        for job, reason in zip(jobs, reasons, strict=True):
+            if reason != DELAYED:  # a delayed job is marked when maintenance releases it (held.py)
+                key = self.keys.job(job.id)
+                pipe.hset(key, "dispatched", str(job.attempt))
+                if reason is None:
+                    pipe.hdel(key, "queued_reason")
+                else:
+                    pipe.hset(key, "queued_reason", reason)
+        if len(pipe):
+            pipe.execute()
+        return reasons
 
     # --- cancellation -----------------------------------------------------------------------------------
 

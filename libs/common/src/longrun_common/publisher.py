@@ -224,11 +224,13 @@ class Publisher:
         if telemetry.enabled():  # one span per event, as `publish` makes
             return [self.publish(client, spec) for spec in specs]
         script = self._script(client, _SCRIPT)
-        pipe = client.pipeline(transaction=False)
-        for spec in specs:
-            keys, args = self._script_args(spec)
-            script(keys=keys, args=args, client=pipe)
-        return [Published(int(seq), bool(cancel), bool(drain)) for seq, cancel, drain in pipe.execute()]
+        calls = [self._script_args(spec) for spec in specs]
+        try:
+            replies = _evalsha_pipelined(client, script.sha, calls)
+        except redis.exceptions.NoScriptError:  # Redis lost its scripts (a restart): none ran; load, run again
+            script.sha = client.script_load(script.script)  # type: ignore[no-untyped-call]  # types-redis
+            replies = _evalsha_pipelined(client, script.sha, calls)
+        return [Published(int(seq), bool(cancel), bool(drain)) for seq, cancel, drain in replies]
 
     async def apublish(self, client: aioredis.Redis[bytes], spec: EventSpec) -> Published:
         """Publish one event atomically (asyncio client)."""
@@ -242,6 +244,15 @@ class Publisher:
         script = self._script(client, _HEARTBEAT)
         keys = [self.keys.job(job_id), self.keys.leases()]
         return int(script(keys=keys, args=[attempt, lease_until, job_id], client=client))
+
+
+def _evalsha_pipelined(client: redis.Redis[bytes], sha: str, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+    """EVALSHA of each call, pipelined in one round trip. Not redis-py's `script(..., client=pipe)`: a pipeline
+    holding scripts first asks SCRIPT EXISTS, a second round trip on every execute."""
+    pipe = client.pipeline(transaction=False)
+    for keys, args in calls:
+        pipe.evalsha(sha, len(keys), *keys, *args)
+    return list(pipe.execute())
 
 
 def _fraction(spec: EventSpec) -> str:

@@ -9,6 +9,7 @@ from typing import TypedDict
 from celery import Celery
 from sqlalchemy import Engine
 
+from longrun_common import telemetry
 from longrun_common.celery_app import create_celery
 from longrun_common.db import create_db_engine
 from longrun_common.jobs import JobStore
@@ -20,10 +21,11 @@ from longrun_common.redis_clients import AsyncRedis, SyncRedis, async_redis, syn
 from longrun_common.settings import Settings
 
 from .auth import Authenticator
+from .lane import MAX_GROUP, GroupLane
 from .live import LiveEvents
 from .metrics import Metrics
 from .ratelimit import SubmitLimiter
-from .submission import SubmitLane, TaskCatalog
+from .submission import SubmitCall, Submitted, TaskCatalog, submit_group
 
 
 @dataclass
@@ -41,7 +43,7 @@ class Gateway:
     reader: Reader
     store: JobStore
     catalog: TaskCatalog
-    submits: SubmitLane
+    submits: GroupLane[SubmitCall, Submitted]  # POST /v1/jobs, committed in groups
     live: LiveEvents
     limiter: SubmitLimiter
     metrics: Metrics
@@ -62,7 +64,7 @@ class Gateway:
         store = JobStore(engine=engine, redis=sync_client, keys=keys, publisher=publisher, celery=celery)
         metrics.watch_dead_letters(engine)
         metrics.watch_jobs(engine, sync_client)
-        return cls(
+        gateway = cls(
             settings=settings,
             engine=engine,
             redis=sync_client,
@@ -74,12 +76,16 @@ class Gateway:
             reader=Reader(keys),
             store=store,
             catalog=TaskCatalog(engine),
-            submits=SubmitLane(),
+            # With tracing on, every submit is a group of its own: its trace then holds its own commit, `queued`
+            # event and message spans (a group's would sit in one request's trace only).
+            submits=GroupLane(lambda calls: submit_group(gateway, calls), max_group=1 if telemetry.enabled() else
+                              MAX_GROUP),
             live=LiveEvents(settings.redis_url, keys),  # its own connection (longrun_common.pubsub)
             limiter=SubmitLimiter(async_client, keys, settings.tenant_rate_limit, settings.tenant_rates()),
             metrics=metrics,
             auth=Authenticator(settings, engine),
         )
+        return gateway
 
     async def start(self) -> None:
         await self.live.start()

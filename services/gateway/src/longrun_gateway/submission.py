@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import hashlib
 import json
 import logging
 import re
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import kombu.exceptions
 from jsonschema import Draft202012Validator
@@ -27,6 +24,7 @@ from longrun_common.catalog import TaskPolicy
 from longrun_common.jobs import JobStore
 from longrun_common.models import IdempotencyKey, Job, TaskRecord, new_id, utcnow
 from longrun_common.publisher import Published
+from longrun_common.rows import detached
 from longrun_common.settings import Settings
 
 from .errors import ApiError, field_path, invalid, invalid_many
@@ -49,38 +47,6 @@ MIN_TIME_LIMIT = 1.0
 VISIBILITY_MARGIN = 60.0
 # The furthest a job may be delayed (run_at / delay): a year.
 MAX_DELAY = 365 * 24 * 3600.0
-# Submits whose blocking part (SQL, then Redis) runs at once, per gateway process. More threads add no throughput
-# (the GIL, and a database connection each) but take the GIL from the event loop and contend for SQLite's write
-# lock (see SubmitLane).
-SUBMIT_THREADS = 4
-
-T = TypeVar("T")
-
-
-class SubmitLane:
-    """The threads a submit's blocking work runs on: `threads` of its own; submits beyond that wait their turn in
-    its queue (first come first served) instead of each taking a thread of the shared pool.
-
-    Why: in the shared thread pool (40 threads) a burst of submits made every one slower. Dozens of runnable
-    threads take the GIL from the event loop, so even answered requests wait to be written out; and SQLite has
-    one write lock, and a writer that finds it taken backs off in sleeps of up to 100 ms (its busy handler), so
-    with many concurrent writers the unlucky ones waited a second or more (in-process, 16 threads inserting: p99
-    1.07 s; 4 threads: 0.08 s). A plain executor also costs a request less CPU than anyio's hand-off.
-    (Serializing SQLite writers behind a lock as well measured no better, and a lock held across the publish
-    after the commit makes every submit wait out the GIL hand-offs of the one ahead.)
-    """
-
-    def __init__(self, threads: int = SUBMIT_THREADS) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="submit")
-
-    async def run(self, work: Callable[[], T]) -> T:
-        """`work()` on a lane thread, in this context (a tracing span started here is its parent)."""
-        context = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(self._pool, context.run, work)
-
-    def close(self) -> None:
-        """Let the submits under way finish (their rows are committed or not, never half-published)."""
-        self._pool.shutdown(wait=True)
 
 
 class Gateway(Protocol):
@@ -94,8 +60,6 @@ class Gateway(Protocol):
     def store(self) -> JobStore: ...
     @property
     def catalog(self) -> TaskCatalog: ...
-    @property
-    def submits(self) -> SubmitLane: ...
 
 
 class JobRequest(BaseModel):
@@ -330,9 +294,9 @@ def build_job(gateway: Gateway, tenant: str, request: JobRequest) -> Job:
         check_queue(settings, queue, task=request.task)
     run_at = start_time(request)
     stamp = utcnow()
-    # Every field with a default factory is given: the model otherwise inspects each factory's signature on every
-    # construction (pydantic's get_default), a quarter of what building the row costs.
-    return Job(
+    # Every field with a default factory is given (no factory call in `detached`).
+    return detached(
+        Job,
         id=new_id(),
         created_at=stamp,
         updated_at=stamp,
@@ -347,6 +311,56 @@ def build_job(gateway: Gateway, tenant: str, request: JobRequest) -> Job:
         soft_time_limit=soft,
         time_limit=hard,
     )
+
+
+@dataclass(frozen=True)
+class SubmitCall:
+    """One `POST /v1/jobs` waiting in the submit lane (lane.py)."""
+
+    tenant: str
+    request: JobRequest
+    key: str | None  # its Idempotency-Key
+
+
+def submit_group(gateway: Gateway, calls: Sequence[SubmitCall]) -> list[Submitted | Exception]:
+    """Accept every call of a group (the submit lane's handler): each call's outcome, or the exception its request
+    raises, in order.
+
+    Calls without an Idempotency-Key are validated one by one (a 422 fails only its own request) and the valid
+    ones committed in ONE transaction, then announced together (`JobStore.submit_many`: every `queued` event in
+    one round trip, then the messages, then the `dispatched` marks). When that transaction fails (the database is
+    down), each of them gets the error a single submit gets, and nothing of theirs was published.
+    Calls with a key take the single path, each in its own transaction: two requests racing with one key are told
+    apart by the key's unique constraint, whose IntegrityError would roll back every job of a shared transaction.
+    """
+    outcomes: list[Submitted | Exception | None] = [None] * len(calls)
+    jobs: list[Job] = []
+    slots: list[int] = []  # the call each job of `jobs` answers
+    for index, call in enumerate(calls):
+        if call.key is not None:
+            continue
+        try:
+            jobs.append(build_job(gateway, call.tenant, call.request))
+        except Exception as exc:  # its request's own error (422, or 503 from the catalog), raised there
+            outcomes[index] = exc
+        else:
+            slots.append(index)
+    if jobs:
+        try:
+            published = gateway.store.submit_many(jobs)
+        except Exception as exc:  # the group's transaction failed: every job of it was rolled back
+            for index in slots:
+                outcomes[index] = exc
+        else:
+            for index, job, done in zip(slots, jobs, published, strict=True):
+                outcomes[index] = Submitted(job, created=True, published=done)
+    for index, call in enumerate(calls):
+        if call.key is not None:
+            try:
+                outcomes[index] = submit(gateway, call.tenant, call.request, call.key)
+            except Exception as exc:
+                outcomes[index] = exc
+    return [outcome for outcome in outcomes if outcome is not None]
 
 
 def submit(gateway: Gateway, tenant: str, request: JobRequest, key: str | None) -> Submitted:

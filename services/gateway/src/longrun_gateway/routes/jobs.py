@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime
-from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -35,7 +34,7 @@ from ..errors import REDIS_DOWN, invalid, not_found
 from ..live import LiveUnavailable
 from ..pagination import DEFAULT_LIMIT, MAX_LIMIT, page, stored_utc
 from ..state import Gateway
-from ..submission import JobRequest, check_idempotency_key, submit
+from ..submission import JobRequest, SubmitCall, check_idempotency_key
 
 log = logging.getLogger(__name__)
 
@@ -69,23 +68,22 @@ async def submit_job(request: Request) -> JSONResponse:
     """Accept a job: 202 and its view; an Idempotency-Key replay returns the same job with 200.
 
     The hottest request, so it is lean: no FastAPI dependencies (each costs more than the checks it runs), the
-    checks that need no I/O on the event loop, and one hop to the submit lane for SQL and Redis.
+    checks that need no I/O on the event loop, and one hop to the submit lane (lane.py), which commits it in a
+    group with the submits waiting at that moment.
     """
     accepted = await resolve_submission(request, _parse_job, request.headers.get("idempotency-key"))
     key = check_idempotency_key(accepted.idempotency_key)
     gateway = accepted.gateway
-    view, created = await gateway.submits.run(partial(_submit, gateway, accepted.tenant, accepted.body, key))
-    return JSONResponse(view, status_code=202 if created else 200, headers={"Location": f"/v1/jobs/{view['id']}"})
-
-
-def _submit(gateway: Gateway, tenant: str, body: JobRequest, key: str | None) -> tuple[dict[str, Any], bool]:
-    """The blocking part of a submit (SQL, Redis): the job's view, and whether it was created (not a replay)."""
-    result = submit(gateway, tenant, body, key)
-    if result.created:
-        gateway.metrics.jobs_submitted.labels(result.job.task).inc()
+    result = await gateway.submits.run(SubmitCall(accepted.tenant, accepted.body, key))
+    job = result.job
     # A new job's live fields are what was just published (no HGETALL); a replay reads them afresh.
-    live = views.queued_snapshot(result.job, result.published) if result.created else None
-    return views.present(gateway.settings, result.job, live or views.snapshot(gateway, result.job.id)), result.created
+    live = views.queued_snapshot(job, result.published) if result.created else None
+    if result.created:
+        gateway.metrics.jobs_submitted.labels(job.task).inc()
+    if live is None:
+        live = await views.asnapshot(gateway, job.id)
+    view = views.present(gateway.settings, job, live)
+    return JSONResponse(view, status_code=202 if result.created else 200, headers={"Location": f"/v1/jobs/{job.id}"})
 
 
 BatchSubmission = Annotated[Submission[BatchRequest], Depends(submission(BatchRequest, document_key=False))]
