@@ -16,7 +16,7 @@ import kombu.exceptions
 import redis
 from celery import Celery
 from redis.client import Pipeline
-from sqlalchemy import Engine, Update, func, insert, update
+from sqlalchemy import Engine, Update, case, func, insert, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, delete, select
 
@@ -248,10 +248,21 @@ class JobStore:
         progress: Progress | None = None,
         dead_letter: bool = False,
         seq_floor: int = 0,
+        published_seq: int = 0,
     ) -> bool:
         """End the job (succeeded/failed/cancelled) if it is still at `attempt` in `only_from`; publish the
-        terminal event; dead-letter a failure when asked. Returns whether this call ended it."""
+        terminal event; dead-letter a failure when asked. Returns whether this call ended it.
+
+        One transaction records the end, the attempt's end, the dead letter and, for a workflow step, the end's
+        application to its parent (`workflows.settle`: the parent's count, the successor's release); the event
+        follows the commit, then what the settle started (`workflows.after_settle`).
+
+        `published_seq`: the newest seq this attempt has published (the runner knows it). SQL's seq becomes it in
+        the same transaction: the ending's own seq is only one more, well within SEQ_GAP_AFTER_LOSS, so no write
+        after the publish is needed. Without it the ending's seq is written after the publish.
+        """
         stamp = utcnow()
+        jobs = table_of(Job)
         values: dict[str, Any] = {"finished_at": stamp, "next_retry_at": None, "error": None}
         if error is not None:
             values["error"] = error.model_dump(mode="json")
@@ -259,34 +270,30 @@ class JobStore:
             values["result"] = result
         if progress is not None:
             values["progress"] = progress.model_dump(mode="json", exclude_none=True)
-        # One transaction, two statements: the job's row (returned, not read again) and its attempt's.
+        if published_seq:
+            values["seq"] = case((jobs.c.seq < published_seq, published_seq), else_=jobs.c.seq)
         with self.engine.begin() as connection:
             job = self._transition(connection, job_id, attempt, target, only_from, values)
             if job is None:
                 return False
             connection.execute(self._ending_attempt(job_id, attempt, target, error))
-        if dead_letter and error is not None:
-            with self.session() as session:
-                session.add(DeadLetter(job_id=job_id, tenant=job.tenant, task=job.task,
-                                       error=error.model_dump(mode="json"), attempts=attempt))
-                session.commit()
-        published = self.publish_ending(job, seq_floor=seq_floor, error=error, record_seq=not job.parent_id)
-        if job.parent_id:
-            self._advance(job, published)
+            if dead_letter and error is not None:
+                connection.execute(insert(table_of(DeadLetter)), [row_values(DeadLetter(
+                    job_id=job_id, tenant=job.tenant, task=job.task, error=error.model_dump(mode="json"),
+                    attempts=attempt))])
+            settlement = workflows.settle(connection, job) if job.parent_id else None
+        self.publish_ending(job, seq_floor=seq_floor or published_seq, error=error, record_seq=not published_seq)
+        if settlement is not None:
+            try:
+                workflows.after_settle(self, settlement)
+            except Exception:
+                log.exception("could not advance the workflow of step %s; the reconciler will", job.id)
         return True
-
-    def _advance(self, job: Job, published: Published) -> None:
-        """Apply a workflow step's end to its workflow (recording the ending's seq in the same statement).
-        A failure here is repaired by the reconciler."""
-        try:
-            workflows.child_ended(self, job, seq=0 if published.fenced else published.seq)
-        except Exception:
-            log.exception("could not advance the workflow of step %s; the reconciler will", job.id)
 
     def publish_ending(self, job: Job, *, seq_floor: int = 0, error: JobError | None = None,
                        record_seq: bool = True) -> Published:
         """The terminal event of a job that has ended in SQL (also used to repair one Redis missed).
-        `record_seq=False`: the caller writes the event's seq to SQL itself (a workflow step, as it settles)."""
+        `record_seq=False`: SQL's seq is already close enough (see `finish_if`)."""
         if error is None and job.error:
             error = JobError.model_validate(job.error)
         published = self.publisher.publish(
@@ -343,28 +350,37 @@ class JobStore:
             send_job(self.celery, self.keys, job, countdown=delay, urgent=True)  # it had already started
         return True
 
-    def begin_attempt(self, job_id: str, attempt: int, worker: str) -> bool:
-        """Queued/retrying → running for exactly one taker of `attempt`; records the attempt."""
+    def begin_attempt(self, job_id: str, attempt: int, worker: str, *, unless_cancelled: bool = False) -> Job | None:
+        """Queued/retrying → running for exactly one taker of `attempt`; records the attempt. Returns the job as
+        it is now (the update's RETURNING: a worker needs no read first), or None when this call did not take it
+        (then read the job to tell why). `unless_cancelled`: a job with a cancel request is not taken.
+
+        The update overwrites `updated_at` and `next_retry_at`: a caller that needs them as they were (how long a
+        retry waited) reads the job first.
+        """
         only_from = (JobStatus.QUEUED, JobStatus.RETRYING)
         for source in only_from:
             check_transition(source, JobStatus.RUNNING)
         stamp = utcnow()
         jobs = table_of(Job)
+        taking = update(jobs).where(jobs.c.id == job_id, jobs.c.attempt == attempt,
+                                    jobs.c.status.in_([s.value for s in only_from]))
+        if unless_cancelled:
+            taking = taking.where(jobs.c.cancel_requested_at.is_(None))
         # One transaction: a process killed in between (a hard time limit) must not leave a running job
         # without its attempt row, which the attempt's ending would then never update. Core statements: the
         # ORM's unit of work cost more than the two statements themselves (once per job, on every worker).
         with self.engine.begin() as connection:
-            taken = connection.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.attempt == attempt,
-                       jobs.c.status.in_([s.value for s in only_from]))
-                .values(status=JobStatus.RUNNING.value, updated_at=stamp, worker=worker, next_retry_at=None,
-                        started_at=func.coalesce(jobs.c.started_at, stamp))
-            ).rowcount
-            if taken:
-                connection.execute(insert(table_of(Attempt)).values(
-                    job_id=job_id, number=attempt, status=JobStatus.RUNNING.value, worker=worker, started_at=stamp))
-        return bool(taken)
+            row = connection.execute(
+                taking.values(status=JobStatus.RUNNING.value, updated_at=stamp, worker=worker, next_retry_at=None,
+                              started_at=func.coalesce(jobs.c.started_at, stamp))
+                .returning(*jobs.c)
+            ).one_or_none()
+            if row is None:
+                return None
+            connection.execute(insert(table_of(Attempt)).values(
+                job_id=job_id, number=attempt, status=JobStatus.RUNNING.value, worker=worker, started_at=stamp))
+        return Job.model_validate(dict(row._mapping))
 
     def end_attempt(self, job_id: str, attempt: int, status: JobStatus, error: JobError | None = None) -> None:
         with self.engine.begin() as connection:
