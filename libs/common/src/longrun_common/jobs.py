@@ -16,11 +16,11 @@ import kombu.exceptions
 import redis
 from celery import Celery
 from redis.client import Pipeline
-from sqlalchemy import Engine, Update, case, func, insert, update
+from sqlalchemy import ClauseElement, Engine, insert, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, delete, select
 
-from . import telemetry, workflows
+from . import statements, telemetry, workflows
 from .catalog import TaskPolicy
 from .dispatch import send_job, send_jobs
 from .events import JobError, Progress, now
@@ -28,7 +28,7 @@ from .fairness import DELAYED
 from .keys import Keys
 from .models import Attempt, DeadLetter, IdempotencyKey, Job, TaskRecord, utcnow
 from .publisher import LEASE_DROP, EventSpec, Published, Publisher, sql_floor
-from .rows import creation_fields, epoch, row_values, table_of
+from .rows import creation_fields, epoch, job_of, row_values, table_of
 from .states import TERMINAL, JobStatus, check_transition
 
 log = logging.getLogger(__name__)
@@ -224,17 +224,26 @@ class JobStore:
 
     def _transition(self, connection: Connection, job_id: str, attempt: int, target: JobStatus,
                     only_from: tuple[JobStatus, ...], values: dict[str, Any] | None) -> Job | None:
-        """`transition` inside the caller's transaction; the changed row (RETURNING: no second read), or None."""
+        """`transition` inside the caller's transaction; the changed row (RETURNING: no second read), or None.
+        `values` are plain values (a SQL expression among them builds a statement of its own); a `seq` only
+        ever raises the job's."""
         for source in only_from:
             check_transition(source, target)
-        jobs = table_of(Job)
-        row = connection.execute(
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.attempt == attempt, jobs.c.status.in_([s.value for s in only_from]))
-            .values(status=target.value, updated_at=utcnow(), **(values or {}))
-            .returning(*jobs.c)
-        ).one_or_none()
-        return None if row is None else Job.model_validate(dict(row._mapping))
+        values = values or {}
+        if any(isinstance(value, ClauseElement) for value in values.values()):
+            jobs = table_of(Job)
+            row = connection.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.attempt == attempt, jobs.c.status.in_([s.value for s in only_from]))
+                .values(status=target.value, updated_at=utcnow(), **values)
+                .returning(jobs)
+            ).one_or_none()
+        else:
+            columns = tuple(sorted(values))
+            statement = statements.end(target.value, tuple(s.value for s in only_from), columns)
+            row = connection.execute(statement, {"p_id": job_id, "p_attempt": attempt, "v_updated_at": utcnow(),
+                                                 **{f"v_{name}": values[name] for name in columns}}).one_or_none()
+        return None if row is None else job_of(row)
 
     def finish_if(
         self,
@@ -262,7 +271,6 @@ class JobStore:
         after the publish is needed. Without it the ending's seq is written after the publish.
         """
         stamp = utcnow()
-        jobs = table_of(Job)
         values: dict[str, Any] = {"finished_at": stamp, "next_retry_at": None, "error": None}
         if error is not None:
             values["error"] = error.model_dump(mode="json")
@@ -271,12 +279,12 @@ class JobStore:
         if progress is not None:
             values["progress"] = progress.model_dump(mode="json", exclude_none=True)
         if published_seq:
-            values["seq"] = case((jobs.c.seq < published_seq, published_seq), else_=jobs.c.seq)
+            values["seq"] = published_seq  # only ever raises it (statements.end)
         with self.engine.begin() as connection:
             job = self._transition(connection, job_id, attempt, target, only_from, values)
             if job is None:
                 return False
-            connection.execute(self._ending_attempt(job_id, attempt, target, error))
+            self._end_attempt(connection, job_id, attempt, target, error)
             if dead_letter and error is not None:
                 connection.execute(insert(table_of(DeadLetter)), [row_values(DeadLetter(
                     job_id=job_id, tenant=job.tenant, task=job.task, error=error.model_dump(mode="json"),
@@ -358,41 +366,32 @@ class JobStore:
         The update overwrites `updated_at` and `next_retry_at`: a caller that needs them as they were (how long a
         retry waited) reads the job first.
         """
-        only_from = (JobStatus.QUEUED, JobStatus.RETRYING)
-        for source in only_from:
+        for source in (JobStatus.QUEUED, JobStatus.RETRYING):
             check_transition(source, JobStatus.RUNNING)
         stamp = utcnow()
-        jobs = table_of(Job)
-        taking = update(jobs).where(jobs.c.id == job_id, jobs.c.attempt == attempt,
-                                    jobs.c.status.in_([s.value for s in only_from]))
-        if unless_cancelled:
-            taking = taking.where(jobs.c.cancel_requested_at.is_(None))
         # One transaction: a process killed in between (a hard time limit) must not leave a running job
-        # without its attempt row, which the attempt's ending would then never update. Core statements: the
-        # ORM's unit of work cost more than the two statements themselves (once per job, on every worker).
+        # without its attempt row, which the attempt's ending would then never update. Core statements built
+        # once (statements.py): the ORM's unit of work cost more than the two statements themselves.
         with self.engine.begin() as connection:
-            row = connection.execute(
-                taking.values(status=JobStatus.RUNNING.value, updated_at=stamp, worker=worker, next_retry_at=None,
-                              started_at=func.coalesce(jobs.c.started_at, stamp))
-                .returning(*jobs.c)
-            ).one_or_none()
+            row = connection.execute(statements.take(unless_cancelled), {
+                "p_id": job_id, "p_attempt": attempt, "p_stamp": stamp, "p_worker": worker}).one_or_none()
             if row is None:
                 return None
-            connection.execute(insert(table_of(Attempt)).values(
-                job_id=job_id, number=attempt, status=JobStatus.RUNNING.value, worker=worker, started_at=stamp))
-        return Job.model_validate(dict(row._mapping))
+            connection.execute(statements.add_attempt(), {
+                "job_id": job_id, "number": attempt, "status": JobStatus.RUNNING.value, "worker": worker,
+                "started_at": stamp})
+        return job_of(row)
 
     def end_attempt(self, job_id: str, attempt: int, status: JobStatus, error: JobError | None = None) -> None:
         with self.engine.begin() as connection:
-            connection.execute(self._ending_attempt(job_id, attempt, status, error))
+            self._end_attempt(connection, job_id, attempt, status, error)
 
     @staticmethod
-    def _ending_attempt(job_id: str, attempt: int, status: JobStatus, error: JobError | None) -> Update:
-        attempts = table_of(Attempt)
-        return (update(attempts).where(attempts.c.job_id == job_id, attempts.c.number == attempt,
-                                       attempts.c.finished_at.is_(None))
-                .values(status=status.value, finished_at=utcnow(),
-                        error=error.model_dump(mode="json") if error else None))
+    def _end_attempt(connection: Connection, job_id: str, attempt: int, status: JobStatus,
+                     error: JobError | None) -> None:
+        connection.execute(statements.end_attempt(), {
+            "p_job_id": job_id, "p_number": attempt, "p_status": status.value, "p_finished_at": utcnow(),
+            "p_error": error.model_dump(mode="json") if error else None})
 
     def attempts(self, job_id: str) -> list[Attempt]:
         with self.session() as session:

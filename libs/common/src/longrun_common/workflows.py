@@ -31,11 +31,12 @@ from celery import Celery
 from sqlalchemy import Engine, Table, and_, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
+from . import statements
 from .events import JobError, Progress
 from .keys import Keys
 from .models import Job, utcnow
 from .publisher import SEQ_GAP_AFTER_LOSS, EventSpec, Published, Publisher, sql_floor
-from .rows import creation_fields, row_values, table_of
+from .rows import creation_fields, job_of, row_values, table_of
 from .states import TERMINAL, JobStatus
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def _jobs() -> Table:
 
 
 def _row(values: Any) -> Job:
-    return Job.model_validate(dict(values._mapping))
+    return job_of(values)
 
 
 def children(connection: Connection, node_id: str) -> list[Job]:
@@ -248,15 +249,10 @@ def settle(connection: Connection, child: Job) -> Settlement | None:
     parent's row. Run in the ending's own transaction, two finishers can never both release a step, and a crash
     leaves the step either running or ended and applied. `after_settle` does the rest once this has committed.
     """
-    jobs = _jobs()
-    won = connection.execute(update(jobs).where(jobs.c.id == child.id, jobs.c.settled.is_(False),
-                                                jobs.c.status.in_(TERMINAL_VALUES))
-                             .values(settled=True)).rowcount
+    won = connection.execute(statements.settle(), {"p_id": child.id}).rowcount
     if not won:  # another finisher (or the reconciler) applied it, or a requeue's unsettle has yet to run
         return None
-    row = connection.execute(update(jobs).where(jobs.c.id == child.parent_id)
-                             .values(pending=jobs.c.pending - 1).returning(*jobs.c)).one()
-    parent = _row(row)
+    parent = _row(connection.execute(statements.count_down(), {"p_id": child.parent_id}).one())
     pending = parent.pending or 0
     released = _release_after(connection, parent, child, pending) if parent.status == _RUNNING else []
     return Settlement(child, parent, pending, released)
