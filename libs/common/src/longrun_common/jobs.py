@@ -16,7 +16,8 @@ import kombu.exceptions
 import redis
 from celery import Celery
 from redis.client import Pipeline
-from sqlalchemy import ClauseElement, Engine, insert, update
+from sqlalchemy import ClauseElement, ColumnElement, Engine, insert, update
+from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, delete, select
 
@@ -406,9 +407,20 @@ class JobStore:
             session.commit()
 
     def active_jobs(self, limit: int = 500) -> list[Job]:
-        with self.session() as session:
-            # Workflow nodes never reach a worker and waiting steps are not sent yet: workflows.reconcile has them.
-            return list(session.exec(select(Job).where(col(Job.status).in_(ACTIVE), col(Job.kind) == "job",
-                                                       col(Job.waiting).is_(False)).limit(limit)))
+        # Workflow nodes never reach a worker and waiting steps are not sent yet: workflows.reconcile has them.
+        jobs = table_of(Job)
+        return self.jobs_where(jobs.c.status.in_(ACTIVE), jobs.c.kind == "job", jobs.c.waiting.is_(False),
+                               limit=limit)
+
+    def jobs_where(self, *conditions: ColumnElement[bool], limit: int,
+                   order_by: ColumnElement[Any] | None = None) -> list[Job]:
+        """Jobs read with Core (rows.job_of), not the ORM: maintenance reads hundreds each pass, and during a
+        fan-out the ORM's per-row cost there competed with the worker's own event loop."""
+        jobs = table_of(Job)
+        query = core_select(jobs).where(*conditions).limit(limit)
+        if order_by is not None:
+            query = query.order_by(order_by)
+        with self.engine.connect() as connection:
+            return [job_of(row) for row in connection.execute(query)]
 
 
