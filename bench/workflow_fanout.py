@@ -39,10 +39,44 @@ POLL_INTERVAL = 0.05
 AUTH = {"Authorization": "Bearer dev-key"}
 
 
-def commands(client: redis.Redis) -> int:
-    """Every command Redis has executed so far (scripts' inner calls included)."""
-    stats = client.info("commandstats")
-    return sum(int(v["calls"]) for v in stats.values())
+def commands_by_name(client: redis.Redis) -> dict[str, int]:
+    """How often Redis has executed each command so far (scripts' inner calls included)."""
+    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in client.info("commandstats").items()}
+
+
+def per_child_by_name(before: dict[str, int], after: dict[str, int], children: int) -> str:
+    """The commands one child cost, biggest first (to see which ones to cut)."""
+    used = {name: (after[name] - before.get(name, 0)) / children for name in after}
+    return ", ".join(f"{name} {n:.1f}" for name, n in sorted(used.items(), key=lambda kv: -kv[1]) if n >= 0.5)
+
+
+def group_cpu(leader: int) -> float:
+    """CPU seconds used so far by a service's process group (it runs in its own session): every live member,
+    plus the children the leader has reaped (a pool process replaced after its task limit)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == leader:  # pgrp
+            used += int(fields[11]) + int(fields[12])  # utime, stime
+            if int(entry) == leader:
+                used += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return used / tick
+
+
+def redis_cpu(client: redis.Redis) -> float:
+    stats = client.info("cpu")
+    return float(stats["used_cpu_user"]) + float(stats["used_cpu_sys"])
+
+
+def cpu_split(before: dict[str, float], after: dict[str, float], children: int) -> str:
+    return ", ".join(f"{name} {1000 * (after[name] - before[name]) / children:.1f}" for name in before)
 
 
 def sql_counting() -> dict[str, str]:
@@ -53,7 +87,7 @@ def sql_counting() -> dict[str, str]:
 
 
 def run_longrun(st: Stack, children: int, concurrency: int, steps: int, delay: float) -> dict[str, Any]:
-    st.worker("--concurrency", str(concurrency))
+    worker = st.worker("--concurrency", str(concurrency))
     gateway = st.gateway()
     client = redis.Redis.from_url(st.redis.url)
     spec = {"chord": {"group": [{"task": "demo.steps", "args": {"steps": steps, "delay": delay}}
@@ -61,7 +95,14 @@ def run_longrun(st: Stack, children: int, concurrency: int, steps: int, delay: f
                       "then": {"task": "demo.collect", "args": {"label": "fan-in"}}}}
     with httpx.Client(base_url=gateway.url, timeout=120) as http:
         counted = st.extra_env["BENCH_SQL_COUNT_DIR"]
-        before, statements_before = commands(client), sql_statements(counted)
+        assert worker.process is not None and gateway.process is not None
+
+        def cpu() -> dict[str, float]:
+            return {"worker": group_cpu(worker.process.pid), "gateway": group_cpu(gateway.process.pid),
+                    "redis": redis_cpu(client)}
+
+        by_name, statements_before, cpu_before = commands_by_name(client), sql_statements(counted), cpu()
+        before = sum(by_name.values())
         started = time.perf_counter()
         response = http.post("/v1/workflows", json={"spec": spec}, headers=AUTH)
         response.raise_for_status()
@@ -75,8 +116,11 @@ def run_longrun(st: Stack, children: int, concurrency: int, steps: int, delay: f
                 break
             time.sleep(POLL_INTERVAL)  # at most as often as the baseline's client polls its result
         elapsed = time.perf_counter() - started
-        used = commands(client) - before
+        after, cpu_after = commands_by_name(client), cpu()
+        used = sum(after.values()) - before
         statements = sql_statements(counted) - statements_before
+        say(f"Longrun CPU ms per child: {cpu_split(cpu_before, cpu_after, children)}")
+        say(f"Longrun Redis commands per child: {per_child_by_name(by_name, after, children)}")
     if view["status"] != "succeeded":
         raise SystemExit(f"the Longrun workflow ended {view['status']}: {view['error']}")
     inputs = len(view["result"]["inputs"])
@@ -102,14 +146,24 @@ def run_celery(st: Stack, children: int, concurrency: int, steps: int, delay: fl
 
         app = create_app(server.url, server.url)
         client = redis.Redis.from_url(server.url)
-        before = commands(client)
+        by_name = commands_by_name(client)
+        before = sum(by_name.values())
+        assert worker.process is not None
+
+        def cpu() -> dict[str, float]:
+            return {"worker": group_cpu(worker.process.pid), "redis": redis_cpu(client)}
+
+        cpu_before = cpu()
         started = time.perf_counter()
         work = chord(group(app.signature("baseline.short", args=(steps, delay)) for _ in range(children)),
                      app.signature("baseline.collect"))
         result = work.apply_async()
         value = result.get(timeout=600, interval=POLL_INTERVAL)
         elapsed = time.perf_counter() - started
-        used = commands(client) - before
+        after = commands_by_name(client)
+        used = sum(after.values()) - before
+        say(f"Celery CPU ms per child: {cpu_split(cpu_before, cpu(), children)}")
+        say(f"Celery Redis commands per child: {per_child_by_name(by_name, after, children)}")
         if value != children:
             raise SystemExit(f"the Celery chord body received {value} results, expected {children}")
         client.close()

@@ -1,15 +1,17 @@
 """`POST /v1/workflows` without workers: spec checks named by path, size limits, one transaction, children
-listing, and the reconciler repairing a crash between a step's end and its successor's release."""
+listing, and the reconciler repairing a crash between a step's end (which releases its successor) and the
+successor's start."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 import redis
 from gateway_support import DEV, error_of, gateway_of
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from longrun_common import workflows
@@ -95,15 +97,22 @@ async def test_the_reconciler_releases_a_step_whose_predecessor_ended_before_a_c
     assert second["queued_reason"] == "waiting_for_dependencies"
 
     def crash(*_: Any, **__: Any) -> None:
-        raise RuntimeError("process killed between the step's end and its successor's release")
+        raise RuntimeError("process killed between the step's end and its successor's start")
 
-    # The first step ends (as its worker would record it), and the process dies before advancing the chain.
-    monkeypatch.setattr(workflows, "child_ended", crash)
+    # The first step ends (as its worker would record it: its end, its settle and its successor's release in one
+    # transaction), and the process dies before sending the successor.
+    monkeypatch.setattr(workflows, "after_settle", crash)
     assert store.begin_attempt(first["id"], 1, "w@test")
     assert store.finish_if(first["id"], 1, JobStatus.SUCCEEDED, only_from=(JobStatus.RUNNING,), result={"n": 1})
     monkeypatch.undo()
     monkeypatch.setattr(workflows, "SETTLE_GRACE_SECONDS", 0.0)  # the crash was long ago
-    assert store.get(second["id"]).waiting  # type: ignore[union-attr]
+    ended = store.get(first["id"])
+    assert ended is not None and ended.settled and ended.status == "succeeded"
+    assert second["id"] not in waiting_job_ids(redis_client, key_prefix)  # released in SQL, never sent
+    with Session(store.engine) as session:  # the crash was long ago for the reconciler's waiting-job check too
+        session.execute(update(Job).where(col(Job.id) == second["id"])
+                        .values(updated_at=datetime.now(UTC) - timedelta(minutes=1)))
+        session.commit()
 
     maintenance = Maintenance(store, gateway.settings)
     maintenance.reconcile()

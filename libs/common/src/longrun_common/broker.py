@@ -20,7 +20,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from weakref import WeakKeyDictionary
@@ -28,6 +28,7 @@ from weakref import WeakKeyDictionary
 import kombu.exceptions
 import redis
 from celery import Celery
+from redis.client import Pipeline
 
 from .redis_clients import SyncRedis, sync_redis
 
@@ -126,19 +127,22 @@ class TaskMessages:
 
     # --- sending -------------------------------------------------------------------------------------------
 
-    def publish(self, messages: Sequence[Message]) -> None:
-        """LPUSH every message, in order, in one round trip. A Redis failure raises kombu's OperationalError,
-        as `send_task` does, so callers handle one error type whichever path sent."""
+    def publish(self, messages: Sequence[Message], *, then: Callable[[Pipeline[bytes]], Any] | None = None) -> None:
+        """LPUSH every message, in order, in one round trip; `then` adds its own commands for this Redis to the same
+        round trip. A Redis failure raises kombu's OperationalError, as `send_task` does, so callers handle one
+        error type whichever path sent."""
         if not messages:
             return
         try:
-            if len(messages) == 1:
+            if len(messages) == 1 and then is None:
                 only = messages[0]
                 self.client.lpush(self.key(only.queue, only.priority), self.build(only))
                 return
             pipe = self.client.pipeline(transaction=False)
             for message in messages:
                 pipe.lpush(self.key(message.queue, message.priority), self.build(message))
+            if then is not None:
+                then(pipe)
             pipe.execute()
         except redis.RedisError as exc:
             raise kombu.exceptions.OperationalError(str(exc)) from exc

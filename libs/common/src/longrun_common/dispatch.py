@@ -104,6 +104,14 @@ def _spec(job: Job) -> Spec:
 
 
 def _publish_released(celery: Celery, keys: Keys, scheduler: Scheduler, queue: str, specs: list[Spec]) -> None:
+    sender = _direct(celery) if specs else None
+    if sender is not None:
+        # One round trip: the messages and the scheduler's count of the ones being sent, both on the broker's
+        # Redis (the direct path runs only on a plain redis:// broker, the URL the scheduler was made with). If it
+        # fails, the count's short TTL (fairness.SENDING_TTL_MS) forgets it, as after a dispatcher that died.
+        sender.publish([_message(keys, spec, False) for spec in specs],
+                       then=lambda pipe: scheduler.published(queue, len(specs), pipe))
+        return
     try:
         if specs:
             publish(celery, keys, specs)

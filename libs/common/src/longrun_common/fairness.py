@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from .keys import Keys
 
@@ -209,10 +210,11 @@ class Scheduler:
         """Release the jobs whose attempt `ended`, then take what may go now from the queue's pending sets."""
         return [Spec.loads(item) for item in self._release(args=self._args(queue, *ended))]
 
-    def published(self, queue: str, count: int) -> None:
-        """`count` taken jobs are on kombu's list now (they count there, no longer as being sent)."""
+    def published(self, queue: str, count: int, pipe: Pipeline[bytes] | None = None) -> None:
+        """`count` taken jobs are on kombu's list now (they count there, no longer as being sent); with `pipe` (a
+        pipeline on this Redis), as part of the round trip that put them there."""
         if count:
-            self.client.decrby(f"{self.shared}{queue}:sending", count)
+            (pipe or self.client).decrby(f"{self.shared}{queue}:sending", count)
 
     def queues(self) -> list[str]:
         """Every queue that has held jobs (the maintenance backstop dispatches each)."""

@@ -15,11 +15,12 @@ from typing import Any
 import kombu.exceptions
 import redis
 from celery import Celery
-from sqlalchemy import Engine, Update, func, insert, update
+from sqlalchemy import ClauseElement, ColumnElement, Engine, insert, update
+from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, delete, select
 
-from . import telemetry, workflows
+from . import statements, telemetry, workflows
 from .catalog import TaskPolicy
 from .dispatch import send_job, send_jobs
 from .events import JobError, Progress, now
@@ -27,7 +28,7 @@ from .fairness import DELAYED
 from .keys import Keys
 from .models import Attempt, DeadLetter, IdempotencyKey, Job, TaskRecord, utcnow
 from .publisher import LEASE_DROP, EventSpec, Published, Publisher, sql_floor
-from .rows import creation_fields, epoch, row_values, table_of
+from .rows import creation_fields, epoch, job_of, row_values, table_of
 from .states import TERMINAL, JobStatus, check_transition
 
 log = logging.getLogger(__name__)
@@ -221,17 +222,26 @@ class JobStore:
 
     def _transition(self, connection: Connection, job_id: str, attempt: int, target: JobStatus,
                     only_from: tuple[JobStatus, ...], values: dict[str, Any] | None) -> Job | None:
-        """`transition` inside the caller's transaction; the changed row (RETURNING: no second read), or None."""
+        """`transition` inside the caller's transaction; the changed row (RETURNING: no second read), or None.
+        `values` are plain values (a SQL expression among them builds a statement of its own); a `seq` only
+        ever raises the job's."""
         for source in only_from:
             check_transition(source, target)
-        jobs = table_of(Job)
-        row = connection.execute(
-            update(jobs)
-            .where(jobs.c.id == job_id, jobs.c.attempt == attempt, jobs.c.status.in_([s.value for s in only_from]))
-            .values(status=target.value, updated_at=utcnow(), **(values or {}))
-            .returning(*jobs.c)
-        ).one_or_none()
-        return None if row is None else Job.model_validate(dict(row._mapping))
+        values = values or {}
+        if any(isinstance(value, ClauseElement) for value in values.values()):
+            jobs = table_of(Job)
+            row = connection.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.attempt == attempt, jobs.c.status.in_([s.value for s in only_from]))
+                .values(status=target.value, updated_at=utcnow(), **values)
+                .returning(jobs)
+            ).one_or_none()
+        else:
+            columns = tuple(sorted(values))
+            statement = statements.end(target.value, tuple(s.value for s in only_from), columns)
+            row = connection.execute(statement, {"p_id": job_id, "p_attempt": attempt, "v_updated_at": utcnow(),
+                                                 **{f"v_{name}": values[name] for name in columns}}).one_or_none()
+        return None if row is None else job_of(row)
 
     def finish_if(
         self,
@@ -245,9 +255,19 @@ class JobStore:
         progress: Progress | None = None,
         dead_letter: bool = False,
         seq_floor: int = 0,
+        published_seq: int = 0,
     ) -> bool:
         """End the job (succeeded/failed/cancelled) if it is still at `attempt` in `only_from`; publish the
-        terminal event; dead-letter a failure when asked. Returns whether this call ended it."""
+        terminal event; dead-letter a failure when asked. Returns whether this call ended it.
+
+        One transaction records the end, the attempt's end, the dead letter and, for a workflow step, the end's
+        application to its parent (`workflows.settle`: the parent's count, the successor's release); the event
+        follows the commit, then what the settle started (`workflows.after_settle`).
+
+        `published_seq`: the newest seq this attempt has published (the runner knows it). SQL's seq becomes it in
+        the same transaction: the ending's own seq is only one more, well within SEQ_GAP_AFTER_LOSS, so no write
+        after the publish is needed. Without it the ending's seq is written after the publish.
+        """
         stamp = utcnow()
         values: dict[str, Any] = {"finished_at": stamp, "next_retry_at": None, "error": None}
         if error is not None:
@@ -256,34 +276,30 @@ class JobStore:
             values["result"] = result
         if progress is not None:
             values["progress"] = progress.model_dump(mode="json", exclude_none=True)
-        # One transaction, two statements: the job's row (returned, not read again) and its attempt's.
+        if published_seq:
+            values["seq"] = published_seq  # only ever raises it (statements.end)
         with self.engine.begin() as connection:
             job = self._transition(connection, job_id, attempt, target, only_from, values)
             if job is None:
                 return False
-            connection.execute(self._ending_attempt(job_id, attempt, target, error))
-        if dead_letter and error is not None:
-            with self.session() as session:
-                session.add(DeadLetter(job_id=job_id, tenant=job.tenant, task=job.task,
-                                       error=error.model_dump(mode="json"), attempts=attempt))
-                session.commit()
-        published = self.publish_ending(job, seq_floor=seq_floor, error=error, record_seq=not job.parent_id)
-        if job.parent_id:
-            self._advance(job, published)
+            self._end_attempt(connection, job_id, attempt, target, error)
+            if dead_letter and error is not None:
+                connection.execute(insert(table_of(DeadLetter)), [row_values(DeadLetter(
+                    job_id=job_id, tenant=job.tenant, task=job.task, error=error.model_dump(mode="json"),
+                    attempts=attempt))])
+            settlement = workflows.settle(connection, job) if job.parent_id else None
+        self.publish_ending(job, seq_floor=seq_floor or published_seq, error=error, record_seq=not published_seq)
+        if settlement is not None:
+            try:
+                workflows.after_settle(self, settlement)
+            except Exception:
+                log.exception("could not advance the workflow of step %s; the reconciler will", job.id)
         return True
-
-    def _advance(self, job: Job, published: Published) -> None:
-        """Apply a workflow step's end to its workflow (recording the ending's seq in the same statement).
-        A failure here is repaired by the reconciler."""
-        try:
-            workflows.child_ended(self, job, seq=0 if published.fenced else published.seq)
-        except Exception:
-            log.exception("could not advance the workflow of step %s; the reconciler will", job.id)
 
     def publish_ending(self, job: Job, *, seq_floor: int = 0, error: JobError | None = None,
                        record_seq: bool = True) -> Published:
         """The terminal event of a job that has ended in SQL (also used to repair one Redis missed).
-        `record_seq=False`: the caller writes the event's seq to SQL itself (a workflow step, as it settles)."""
+        `record_seq=False`: SQL's seq is already close enough (see `finish_if`)."""
         if error is None and job.error:
             error = JobError.model_validate(job.error)
         published = self.publisher.publish(
@@ -340,40 +356,40 @@ class JobStore:
             send_job(self.celery, self.keys, job, countdown=delay, urgent=True)  # it had already started
         return True
 
-    def begin_attempt(self, job_id: str, attempt: int, worker: str) -> bool:
-        """Queued/retrying → running for exactly one taker of `attempt`; records the attempt."""
-        only_from = (JobStatus.QUEUED, JobStatus.RETRYING)
-        for source in only_from:
+    def begin_attempt(self, job_id: str, attempt: int, worker: str, *, unless_cancelled: bool = False) -> Job | None:
+        """Queued/retrying → running for exactly one taker of `attempt`; records the attempt. Returns the job as
+        it is now (the update's RETURNING: a worker needs no read first), or None when this call did not take it
+        (then read the job to tell why). `unless_cancelled`: a job with a cancel request is not taken.
+
+        The update overwrites `updated_at` and `next_retry_at`: a caller that needs them as they were (how long a
+        retry waited) reads the job first.
+        """
+        for source in (JobStatus.QUEUED, JobStatus.RETRYING):
             check_transition(source, JobStatus.RUNNING)
         stamp = utcnow()
-        jobs = table_of(Job)
         # One transaction: a process killed in between (a hard time limit) must not leave a running job
-        # without its attempt row, which the attempt's ending would then never update. Core statements: the
-        # ORM's unit of work cost more than the two statements themselves (once per job, on every worker).
+        # without its attempt row, which the attempt's ending would then never update. Core statements built
+        # once (statements.py): the ORM's unit of work cost more than the two statements themselves.
         with self.engine.begin() as connection:
-            taken = connection.execute(
-                update(jobs)
-                .where(jobs.c.id == job_id, jobs.c.attempt == attempt,
-                       jobs.c.status.in_([s.value for s in only_from]))
-                .values(status=JobStatus.RUNNING.value, updated_at=stamp, worker=worker, next_retry_at=None,
-                        started_at=func.coalesce(jobs.c.started_at, stamp))
-            ).rowcount
-            if taken:
-                connection.execute(insert(table_of(Attempt)).values(
-                    job_id=job_id, number=attempt, status=JobStatus.RUNNING.value, worker=worker, started_at=stamp))
-        return bool(taken)
+            row = connection.execute(statements.take(unless_cancelled), {
+                "p_id": job_id, "p_attempt": attempt, "p_stamp": stamp, "p_worker": worker}).one_or_none()
+            if row is None:
+                return None
+            connection.execute(statements.add_attempt(), {
+                "job_id": job_id, "number": attempt, "status": JobStatus.RUNNING.value, "worker": worker,
+                "started_at": stamp})
+        return job_of(row)
 
     def end_attempt(self, job_id: str, attempt: int, status: JobStatus, error: JobError | None = None) -> None:
         with self.engine.begin() as connection:
-            connection.execute(self._ending_attempt(job_id, attempt, status, error))
+            self._end_attempt(connection, job_id, attempt, status, error)
 
     @staticmethod
-    def _ending_attempt(job_id: str, attempt: int, status: JobStatus, error: JobError | None) -> Update:
-        attempts = table_of(Attempt)
-        return (update(attempts).where(attempts.c.job_id == job_id, attempts.c.number == attempt,
-                                       attempts.c.finished_at.is_(None))
-                .values(status=status.value, finished_at=utcnow(),
-                        error=error.model_dump(mode="json") if error else None))
+    def _end_attempt(connection: Connection, job_id: str, attempt: int, status: JobStatus,
+                     error: JobError | None) -> None:
+        connection.execute(statements.end_attempt(), {
+            "p_job_id": job_id, "p_number": attempt, "p_status": status.value, "p_finished_at": utcnow(),
+            "p_error": error.model_dump(mode="json") if error else None})
 
     def attempts(self, job_id: str) -> list[Attempt]:
         with self.session() as session:
@@ -388,9 +404,20 @@ class JobStore:
             session.commit()
 
     def active_jobs(self, limit: int = 500) -> list[Job]:
-        with self.session() as session:
-            # Workflow nodes never reach a worker and waiting steps are not sent yet: workflows.reconcile has them.
-            return list(session.exec(select(Job).where(col(Job.status).in_(ACTIVE), col(Job.kind) == "job",
-                                                       col(Job.waiting).is_(False)).limit(limit)))
+        # Workflow nodes never reach a worker and waiting steps are not sent yet: workflows.reconcile has them.
+        jobs = table_of(Job)
+        return self.jobs_where(jobs.c.status.in_(ACTIVE), jobs.c.kind == "job", jobs.c.waiting.is_(False),
+                               limit=limit)
+
+    def jobs_where(self, *conditions: ColumnElement[bool], limit: int,
+                   order_by: ColumnElement[Any] | None = None) -> list[Job]:
+        """Jobs read with Core (rows.job_of), not the ORM: maintenance reads hundreds each pass, and during a
+        fan-out the ORM's per-row cost there competed with the worker's own event loop."""
+        jobs = table_of(Job)
+        query = core_select(jobs).where(*conditions).limit(limit)
+        if order_by is not None:
+            query = query.order_by(order_by)
+        with self.engine.connect() as connection:
+            return [job_of(row) for row in connection.execute(query)]
 
 

@@ -27,7 +27,7 @@ from .jobs import JobStore
 from .models import Attempt, Job, TaskRecord
 from .publisher import sql_floor
 from .redis_clients import sync_redis
-from .rows import creation_fields
+from .rows import creation_fields, table_of
 from .settings import Settings
 from .states import TERMINAL, JobStatus
 
@@ -245,9 +245,8 @@ class Maintenance:
 
     def _running_jobs(self) -> list[Job]:
         """Every running job (at most one per worker process, so a bounded read)."""
-        with Session(self.store.engine) as session:
-            return list(session.exec(select(Job).where(Job.status == JobStatus.RUNNING.value, Job.kind == "job")
-                                     .limit(5000)))
+        jobs = table_of(Job)
+        return self.store.jobs_where(jobs.c.status == JobStatus.RUNNING.value, jobs.c.kind == "job", limit=5000)
 
     def _keep_reaping(self) -> bool:
         """Reap expired leases and renew the lock every reaper interval during a reconcile pass; False when the

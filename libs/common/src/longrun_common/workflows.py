@@ -7,8 +7,10 @@ shape (`type`, the workflow's `on_failure`, its leaf count) and a chord's last c
 - `waiting`: the step's dependencies have not finished (it stays `queued`, and is not sent).
 - `settled`: this job's end has been applied to its parent. A child's end is applied by one conditional
   UPDATE (settled false -> true) in the same transaction as the parent's `pending` decrement and the release
-  of its successor, so two finishers can never both release a step, and a crash leaves either all or none.
-- The reconciler (`reconcile`) finishes what a crash interrupted: a child ended but not settled, a step
+  of its successor, which is the transaction that ends the child (`JobStore.finish_if`), so two finishers can
+  never both release a step, and a crash leaves either all or none.
+- The reconciler (`reconcile`) finishes what a crash interrupted: a child ended but not settled (a requeue
+  racing the step's own end), a step
   released but not started, a node whose children all settled but which is not ended.
 
 A step's inputs are the results of the steps it depends on, in order: the previous step of a chain gives
@@ -20,19 +22,21 @@ this module only seeds each node's sums.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 from celery import Celery
-from sqlalchemy import Engine, Table, and_, case, func, insert, or_, select, update
+from sqlalchemy import Engine, Table, and_, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
+from . import statements
 from .events import JobError, Progress
 from .keys import Keys
 from .models import Job, utcnow
 from .publisher import SEQ_GAP_AFTER_LOSS, EventSpec, Published, Publisher, sql_floor
-from .rows import creation_fields, row_values, table_of
+from .rows import creation_fields, job_of, row_values, table_of
 from .states import TERMINAL, JobStatus
 
 if TYPE_CHECKING:
@@ -64,7 +68,7 @@ class Store(Protocol):
     def requeue(self, job_id: str) -> Job | None: ...  # calls reopen(revive_aborted=False) for an aborted step
     def finish_if(self, job_id: str, attempt: int, target: JobStatus, *, only_from: tuple[JobStatus, ...],
                   error: JobError | None = None, result: Any = None, progress: Progress | None = None,
-                  dead_letter: bool = False, seq_floor: int = 0) -> bool: ...
+                  dead_letter: bool = False, seq_floor: int = 0, published_seq: int = 0) -> bool: ...
 
 
 def _jobs() -> Table:
@@ -72,7 +76,7 @@ def _jobs() -> Table:
 
 
 def _row(values: Any) -> Job:
-    return Job.model_validate(dict(values._mapping))
+    return job_of(values)
 
 
 def children(connection: Connection, node_id: str) -> list[Job]:
@@ -217,31 +221,41 @@ def _start_all(store: Store, steps: Sequence[Job]) -> None:
 # --- a child ended ------------------------------------------------------------------------------------------------
 
 
-def child_ended(store: Store, child: Job, *, seq: int = 0) -> None:
-    """Apply a step's end to its parent, once: release the next step, end the parent, or apply the policy.
+@dataclass
+class Settlement:
+    """A step's end applied to its parent in SQL (`settle`): what remains to do once that has committed."""
 
-    O(1) statements per step (two, plus a release's): the settle, which also records `seq` (the ending event's,
-    when the caller publishes it: one write, not two), and the parent's decrement, which returns the parent's row.
-    """
+    child: Job
+    parent: Job
+    pending: int
+    released: list[Job]
+
+
+def child_ended(store: Store, child: Job) -> None:
+    """Apply a step's end to its parent, once, in a transaction of its own (the reconciler's repair; a worker
+    settles in the ending's own transaction: `JobStore.finish_if`)."""
     if child.parent_id is None or child.status not in TERMINAL_VALUES:
         return
-    jobs = _jobs()
-    released: list[Job] = []
-    recorded = {"seq": case((jobs.c.seq < seq, seq), else_=jobs.c.seq)} if seq else {}
     with store.engine.begin() as connection:
-        won = connection.execute(update(jobs).where(jobs.c.id == child.id, jobs.c.settled.is_(False),
-                                                    jobs.c.status.in_(TERMINAL_VALUES))
-                                 .values(settled=True, **recorded)).rowcount
-        if not won:  # another finisher (or the reconciler) applied it
-            if recorded:
-                connection.execute(update(jobs).where(jobs.c.id == child.id).values(**recorded))
-            return
-        parent = _row(connection.execute(update(jobs).where(jobs.c.id == child.parent_id)
-                                         .values(pending=jobs.c.pending - 1).returning(*jobs.c)).one())
-        pending = parent.pending or 0
-        if parent.status == _RUNNING:
-            released = _release_after(connection, parent, child, pending)
-    _after_settle(store, parent, child, pending, released)
+        settlement = settle(connection, child)
+    if settlement is not None:
+        after_settle(store, settlement)
+
+
+def settle(connection: Connection, child: Job) -> Settlement | None:
+    """Inside the caller's transaction: apply a step's end to its parent, once (None when it already was).
+
+    O(1) statements per step (two, plus a release's): the settle, and the parent's decrement, which returns the
+    parent's row. Run in the ending's own transaction, two finishers can never both release a step, and a crash
+    leaves the step either running or ended and applied. `after_settle` does the rest once this has committed.
+    """
+    won = connection.execute(statements.settle(), {"p_id": child.id}).rowcount
+    if not won:  # another finisher (or the reconciler) applied it, or a requeue's unsettle has yet to run
+        return None
+    parent = _row(connection.execute(statements.count_down(), {"p_id": child.parent_id}).one())
+    pending = parent.pending or 0
+    released = _release_after(connection, parent, child, pending) if parent.status == _RUNNING else []
+    return Settlement(child, parent, pending, released)
 
 
 def _release_after(connection: Connection, parent: Job, child: Job, pending: int) -> list[Job]:
@@ -270,7 +284,11 @@ def _is_then(job: Job) -> bool:
     return bool((job.flow or {}).get("then"))
 
 
-def _after_settle(store: Store, parent: Job, child: Job, pending: int, released: list[Job]) -> None:
+def after_settle(store: Store, settlement: Settlement) -> None:
+    """After a settle has committed: announce and send the released steps, end the parent, or apply the policy.
+    A crash here is repaired by the reconciler (a released step not sent, a node whose children all settled)."""
+    parent, child, pending, released = (settlement.parent, settlement.child, settlement.pending,
+                                        settlement.released)
     for job in released:
         _publish_status(store, job)  # its snapshot drops `queued_reason`
     _start_all(store, released)

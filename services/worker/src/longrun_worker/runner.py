@@ -7,7 +7,7 @@ import logging
 import time
 import traceback
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
@@ -40,14 +40,40 @@ def run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, j
 
 def _run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, job_id: str, attempt: int) -> None:
     store, settings = res.store, res.settings
+    worker = str(celery_task.request.hostname or "worker")
+    task_id = str(celery_task.request.id)
+    # A retry's wait counts from its due time, which taking the attempt overwrites: read it first. A first
+    # attempt's counts from its creation, which the taking returns: it needs no read.
+    retried = store.get(job_id) if attempt > 1 else None
+    job = store.begin_attempt(job_id, attempt, worker, unless_cancelled=True)
+    if job is None:
+        _not_taken(res, job_id, attempt, worker, task_id)
+    lease = settings.lease_seconds
+    started = time.time()
+    published = res.publisher.publish(res.redis, EventSpec(
+        job_id, "status", JobStatus.RUNNING, attempt, progress=Progress.model_validate(job.progress or {}),
+        lease_until=started + lease, seq_floor=sql_floor(job.seq),
+        fields={"started_at": repr(started), "worker": worker, "celery_id": task_id},
+    ))
+    if published.fenced:
+        raise Ignore()
+    metrics = AttemptMetrics(definition.name)
+    metrics.begin(_waited(retried or job, started))
+    try:
+        _run_started(celery_task, definition, res, job, attempt, worker, task_id, published.seq, metrics)
+    finally:
+        metrics.end(metrics.outcome)
+
+
+def _not_taken(res: Resources, job_id: str, attempt: int, worker: str, task_id: str) -> NoReturn:
+    """The attempt could not be taken: say why, cancel a job that was cancelled before it started, and end the
+    message with Ignore (no Celery event), so Flower keeps what the attempt's own run (or the reaper) reported
+    for this task id instead of a SUCCESS that never happened."""
+    store = res.store
     job = store.get(job_id)
     if job is None:
         log.warning("dropping message for unknown job %s", job_id)
-        return
-    worker = str(celery_task.request.hostname or "worker")
-    task_id = str(celery_task.request.id)
-    # Messages that run nothing end with Ignore (no Celery event), so Flower keeps what the attempt's own run
-    # (or the reaper) reported for this task id instead of a SUCCESS that never happened.
+        raise Ignore()
     if job.attempt != attempt or JobStatus(job.status).terminal:
         log.info("dropping stale message for job %s attempt %s (job at attempt %s, %s)",
                  job_id, attempt, job.attempt, job.status)
@@ -59,25 +85,8 @@ def _run_attempt(celery_task: Task, definition: TaskDefinition, res: Resources, 
                         error=JobError(type="cancelled", message="cancelled before it started"))
         res.events.revoked(task_id, worker)
         raise Ignore()
-    if not store.begin_attempt(job_id, attempt, worker):
-        log.info("job %s attempt %s already taken or cancelled", job_id, attempt)
-        raise Ignore()
-
-    lease = settings.lease_seconds
-    started = time.time()
-    published = res.publisher.publish(res.redis, EventSpec(
-        job_id, "status", JobStatus.RUNNING, attempt, progress=Progress.model_validate(job.progress or {}),
-        lease_until=started + lease, seq_floor=sql_floor(job.seq),
-        fields={"started_at": repr(started), "worker": worker, "celery_id": task_id},
-    ))
-    if published.fenced:
-        raise Ignore()
-    metrics = AttemptMetrics(definition.name)
-    metrics.begin(_waited(job, started))
-    try:
-        _run_started(celery_task, definition, res, job, attempt, worker, task_id, published.seq, metrics)
-    finally:
-        metrics.end(metrics.outcome)
+    log.info("job %s attempt %s already taken or cancelled", job_id, attempt)
+    raise Ignore()
 
 
 def _run_started(celery_task: Task, definition: TaskDefinition, res: Resources, job: Job, attempt: int,
@@ -128,7 +137,7 @@ def _run_started(celery_task: Task, definition: TaskDefinition, res: Resources, 
         reporter.close()
         sql_writer.write(reporter.snapshot(), reporter.last_checkpoint)
         store.finish_if(job_id, attempt, JobStatus.CANCELLED, only_from=RUNNING, progress=reporter.snapshot(),
-                        error=JobError(type="cancelled", message="cancelled by request"), seq_floor=last_seq[0])
+                        error=JobError(type="cancelled", message="cancelled by request"), published_seq=last_seq[0])
         metrics.outcome = "cancelled"
         raise
     except JobDrained as exc:
@@ -159,7 +168,7 @@ def _run_started(celery_task: Task, definition: TaskDefinition, res: Resources, 
             metrics.outcome = "fenced"
             raise Ignore() from None
         if store.finish_if(job_id, attempt, JobStatus.FAILED, only_from=RUNNING, error=error,
-                           progress=reporter.snapshot(), dead_letter=True, seq_floor=last_seq[0]):
+                           progress=reporter.snapshot(), dead_letter=True, published_seq=last_seq[0]):
             raise JobFailed(f"{error.type}: {error.message}") from exc
         metrics.outcome = "fenced"
         raise Ignore() from None
@@ -171,7 +180,7 @@ def _run_started(celery_task: Task, definition: TaskDefinition, res: Resources, 
         metrics.outcome = "fenced"
         raise Ignore()
     store.finish_if(job_id, attempt, JobStatus.SUCCEEDED, only_from=RUNNING, result=_jsonable(result),
-                    progress=reporter.snapshot(complete=True), seq_floor=last_seq[0])
+                    progress=reporter.snapshot(complete=True), published_seq=last_seq[0])
     metrics.outcome = "succeeded"
 
 
@@ -216,7 +225,10 @@ def _run_cancel_hook(definition: TaskDefinition, ctx: JobContext) -> None:
 
 
 def _last_checkpoint(res: Resources, job: Job) -> dict[str, Any] | None:
-    """The newest checkpoint: Redis has the latest report's; SQL has a throttled copy that survives Redis."""
+    """The newest checkpoint: Redis has the latest report's; SQL has a throttled copy that survives Redis.
+    A first attempt has none: no earlier attempt ran to write one (no read, once per job)."""
+    if job.attempt == 1:
+        return job.checkpoint
     raw = res.redis.hget(res.keys.job(job.id), "checkpoint")
     if raw:
         value = json.loads(raw)

@@ -91,7 +91,7 @@ def _attempt_to_end(store: JobStore, job_id: str, attempt: int, worker: str) -> 
         return None
     if JobStatus(job.status) in (JobStatus.QUEUED, JobStatus.RETRYING):
         # Killed before it began: begin it now so the attempt is recorded and counts against the budget.
-        if store.begin_attempt(job_id, attempt, worker):
+        if store.begin_attempt(job_id, attempt, worker) is not None:
             return job
         # The limit may have interrupted the child's own begin_attempt while its COMMIT was on the wire:
         # PostgreSQL still commits it, after our read above; ours waited for that row and found it running.
