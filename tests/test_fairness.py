@@ -156,10 +156,14 @@ def test_delayed_job_waits_in_sql_and_is_released_on_time(job_store: JobStore, s
 
 
 def test_delayed_job_is_cancelled_at_once(job_store: JobStore, settings: Settings) -> None:
-    job = submit(job_store, "demo.steps", {"steps": 1}, run_at=datetime.now(UTC) + timedelta(seconds=0.3))
+    # run_at leaves room for a slow submit on a loaded machine: a job whose time has already come when it is
+    # dispatched is sent at once (and a worker would drop its message as cancelled), which is not this case.
+    run_at = datetime.now(UTC) + timedelta(seconds=1.5)
+    job = submit(job_store, "demo.steps", {"steps": 1}, run_at=run_at)
+    assert queued_messages(job_store.redis, job_store.keys.prefix) == []
     cancelled = job_store.request_cancel(job.id)
     assert cancelled is not None and cancelled.status == "cancelled"
-    time.sleep(0.4)
+    time.sleep(max(0.0, run_at.timestamp() - time.time()) + 0.1)
     Maintenance(job_store, settings).tick()
     assert queued_messages(job_store.redis, job_store.keys.prefix) == []
     final = job_store.get(job.id)
