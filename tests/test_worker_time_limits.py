@@ -80,7 +80,9 @@ def test_a_limit_that_cut_the_childs_begin_short_while_it_committed_still_ends_a
     worker = "w0@host"
     res = Resources(settings, job_store.engine, job_store.redis, job_store.keys, job_store.publisher,
                     job_store, TaskEvents(None))
-    with job_store.engine.connect() as child, ThreadPoolExecutor(1) as pool:
+    # The child's connection is the inner context: if a check below fails, its transaction ends (releasing the
+    # row) before the pool waits for the handler's thread, so a failure reports itself instead of hanging.
+    with ThreadPoolExecutor(1) as pool, job_store.engine.connect() as child:
         # The child's begin_attempt, not yet committed: the job reads queued, and its row is locked.
         child.execute(update(Job).where(col(Job.id) == job.id).values(
             status=JobStatus.RUNNING.value, worker=worker, started_at=utcnow()))
@@ -89,8 +91,9 @@ def test_a_limit_that_cut_the_childs_begin_short_while_it_committed_still_ends_a
         holder = child.execute(text("SELECT pg_backend_pid()")).scalar()
         waiting = text("SELECT count(*) FROM pg_stat_activity WHERE :holder = ANY(pg_blocking_pids(pid))")
         with job_store.engine.connect() as watcher:  # until the handler's own begin waits for that row
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 30
             while not watcher.execute(waiting, {"holder": holder}).scalar():
+                assert not ended.done(), f"the handler ended without waiting for the child's row: {ended.result()}"
                 assert time.monotonic() < deadline, "the handler never waited for the child's row"
                 time.sleep(0.02)
         child.commit()
