@@ -153,7 +153,10 @@ class WorkerCollector(Collector):
                 yield metric
                 continue
             for sample in metric.samples:
-                if math.isfinite(sample.value):
+                # 0: a pool process has just created the task's gauge (the file's initial value) and not yet set
+                # it, so the merged minimum is 0. Read as a report at the epoch it made the stuck-job signal jump
+                # to 56 years; that scrape now shows no age for the task instead.
+                if math.isfinite(sample.value) and sample.value > 0:
                     age.add_metric([sample.labels["task"]], max(0.0, now - sample.value))
         yield age
 
