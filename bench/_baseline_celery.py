@@ -1,8 +1,8 @@
 """Plain Celery configured as the original tutorial configures it: the baseline of bench/chaos.py.
 
 Not a benchmark (running this file only says so). Workers run it as `celery -A bench._baseline_celery worker`.
-Redis broker, `task_acks_late=True`, `worker_prefetch_multiplier=1`, the default visibility timeout (1 hour),
-no result backend. The task sleeps in steps and records what happened in a separate "ledger" Redis that the
+Redis broker, `task_acks_late=True`, `worker_prefetch_multiplier=1`, `worker_max_tasks_per_child=1000`, the default
+visibility timeout (1 hour), no result backend. The task sleeps in steps and records what happened in a separate "ledger" Redis that the
 benchmark never restarts, so lost and duplicated jobs can be counted after the broker lost its data:
 `starts:{job}` (list of [ts, hostname]), `done:{job}` (INCR per completion), `running:{hostname}` (set),
 `done_jobs` (set).
@@ -23,9 +23,10 @@ BACKEND_ENV = "BASELINE_BACKEND_URL"  # a result backend, which a chord needs (b
 
 
 def create_app(broker_url: str, backend_url: str | None = None) -> Celery:
-    """The tutorial's app: Redis broker, acks late, prefetch one; everything else Celery's defaults."""
+    """The tutorial's app: Redis broker, acks late, prefetch one, a pool process replaced after 1,000 tasks;
+    everything else Celery's defaults."""
     app = Celery("baseline", broker=broker_url, backend=backend_url)
-    app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1)
+    app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1, worker_max_tasks_per_child=1000)
     return app
 
 

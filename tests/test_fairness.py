@@ -14,6 +14,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from longrun_common.dispatch import dispatch_queue, queue_depth, scheduler_for
+from longrun_common.fairness import Spec
 from longrun_common.jobs import JobStore
 from longrun_common.maintenance import Maintenance
 from longrun_common.models import Attempt, Job
@@ -68,8 +69,11 @@ def test_a_new_tenant_is_served_before_another_tenants_backlog(job_store: JobSto
     assert late in order[: WINDOW + 1], order
     assert order[:WINDOW] == backlog[:WINDOW]
     # Nothing was lost or doubled: every job is either taken, on the queue, or held.
-    depth = queue_depth(job_store.redis, job_store.keys, "default", scheduler_for(job_store.celery))  # type: ignore[arg-type]
+    scheduler = scheduler_for(job_store.celery)  # type: ignore[arg-type]
+    depth = queue_depth(job_store.redis, job_store.keys, "default", scheduler)
     assert len(order) + depth == len(backlog) + 1
+    # No tenant has a limit: nothing counts the jobs in flight (so a task's end has nothing to release).
+    assert scheduler is not None and not scheduler.limited and scheduler.inflight() == {}
 
 
 def test_priority_still_orders_a_tenants_jobs(job_store: JobStore) -> None:
@@ -82,12 +86,38 @@ def test_priority_still_orders_a_tenants_jobs(job_store: JobStore) -> None:
     assert _take(job_store, WINDOW) == [high, low]
 
 
+def test_the_dispatcher_pushes_a_held_message_itself_or_hands_back_a_spec(job_store: JobStore) -> None:
+    """A held job waits as its ready message, which the dispatching script LPUSHes onto kombu's list unchanged
+    (nothing comes back to publish, nothing counts as being sent); an entry held as a Spec (a process that sends
+    through send_task held it) is handed back to the caller and published by it."""
+    scheduler = scheduler_for(job_store.celery)  # type: ignore[arg-type]
+    assert scheduler is not None
+    jobs = [submit(job_store, "demo.steps", {"steps": 1}) for _ in range(WINDOW + 2)]
+    ready, spec_held = jobs[WINDOW], jobs[WINDOW + 1]
+    specs_key = f"{scheduler.shared}spec"
+    entry = job_store.redis.hget(specs_key, ready.id)
+    assert entry is not None
+    list_key, message = entry.split(b"\n", 1)
+    assert json.loads(message)["headers"]["id"] == f"{ready.id}.1"
+    # The other held job as a send_task-only process holds it: its Spec's JSON.
+    held_spec = Spec(spec_held.id, spec_held.tenant, spec_held.task, spec_held.queue, 1, spec_held.priority)
+    job_store.redis.hset(specs_key, spec_held.id, held_spec.dumps())
+    _take(job_store, WINDOW)
+    assert scheduler.dispatch("default") == [held_spec]
+    assert job_store.redis.lrange(list_key, 0, -1) == [message]  # pushed as it was held, byte for byte
+    assert int(job_store.redis.get(f"{scheduler.shared}default:sending") or 0) == 1  # only the handed-back one
+    scheduler.published("default", 1)
+    assert _take(job_store, WINDOW) == [ready.id]
+
+
 def test_concurrency_limit_holds_jobs_with_the_reason(limited: JobStore) -> None:
     first, second = (submit(limited, "demo.steps", {"steps": 1}, tenant="acme").id for _ in range(2))
     other = submit(limited, "demo.steps", {"steps": 1}, tenant="beta").id
     assert _view(limited, second)["queued_reason"] == "tenant_concurrency_limit"
     assert _view(limited, other)["queued_reason"] is None  # another tenant is not held by acme's limit
     assert sorted(_take(limited, 5)) == sorted([first, other])
+    scheduler = scheduler_for(limited.celery)  # type: ignore[arg-type]
+    assert scheduler is not None and scheduler.inflight() == {first: "acme", other: "beta"}
     dispatch_queue(limited.celery, limited.keys, "default")  # type: ignore[arg-type]
     assert _take(limited) == []  # acme's one slot is taken until its job ends
     dispatch_queue(limited.celery, limited.keys, "default", ended=[first])  # type: ignore[arg-type]

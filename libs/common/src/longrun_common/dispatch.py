@@ -12,7 +12,7 @@ from celery import Celery
 
 from . import telemetry
 from .broker import PRIORITY_SEPARATOR, Message, TaskMessages
-from .fairness import DELAYED, Scheduler, Spec
+from .fairness import DELAYED, Scheduler, Spec, ready_entry
 from .keys import Keys
 from .models import Job
 
@@ -79,12 +79,22 @@ def send_jobs(celery: Celery, keys: Keys, jobs: Sequence[Job], *, urgent: bool =
     if direct:
         publish(celery, keys, direct, urgent=urgent)
     if scheduler is not None:
+        sender = _direct(celery) if held else None
         for queue, entries in held.items():
-            why, ready = scheduler.enqueue([spec for _, spec in entries])
+            specs = [spec for _, spec in entries]
+            ready_messages = [_ready_entry(sender, keys, spec) for spec in specs] if sender is not None else None
+            why, ready = scheduler.enqueue(specs, ready_messages)
             for (index, _), reason in zip(entries, why, strict=True):
                 reasons[index] = reason
             _publish_released(celery, keys, scheduler, queue, ready)
     return reasons
+
+
+def _ready_entry(sender: TaskMessages, keys: Keys, spec: Spec) -> bytes:
+    """The held job's message, built now so that whichever process dispatches it later (a worker taking or
+    ending a task) LPUSHes it inside the dispatcher's script: no round trip back, no message built there."""
+    message = _message(keys, spec, False)
+    return ready_entry(sender.key(message.queue, message.priority), sender.build(message))
 
 
 def dispatch_queue(celery: Celery, keys: Keys, queue: str, ended: Iterable[str] = ()) -> int:

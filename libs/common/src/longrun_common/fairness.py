@@ -16,8 +16,10 @@ attempt fencing). Keys (all under `{prefix}:fair:`):
 - `{queue}:ring`               list of tenants with pending jobs on the queue (the round-robin order)
 - `{queue}:pending:{tenant}`   sorted set of job ids; score = (9 - priority) * 1e12 + arrival counter
 - `{queue}:sending`            jobs taken by a dispatcher but not yet published to kombu (short TTL)
-- `spec`                       hash job id → the JSON needed to publish its message
-- `inflight` / `running`       hash job id → tenant / hash tenant → count: dispatched and not yet ended
+- `spec`                       hash job id → its entry: the ready message (`{list}\n{message}`, which the dispatcher
+                               LPUSHes itself) or, where messages go through `send_task`, the Spec's JSON
+- `inflight` / `running`       hash job id → tenant / hash tenant → count: dispatched and not yet ended (kept only
+                               while some tenant has a concurrency limit)
 - `queues`, `seq`              set of queues that ever held jobs / the arrival counter
 """
 
@@ -48,6 +50,8 @@ local q = shared .. queue .. ':'
 local window, default = tonumber(ARGV[5]), tonumber(ARGV[6])
 local limits, n = {}, tonumber(ARGV[7])
 for i = 0, n - 1 do limits[ARGV[8 + 2 * i]] = tonumber(ARGV[9 + 2 * i]) end
+local limited = default > 0  -- without any limit, nothing counts what runs (see Scheduler.limited)
+for _, limit in pairs(limits) do limited = limited or limit > 0 end
 local rest = 8 + 2 * n
 local ring, sending = q .. 'ring', q .. 'sending'
 local inflight, running, specs = shared .. 'inflight', shared .. 'running', shared .. 'spec'
@@ -79,11 +83,18 @@ local function dispatch()
     else
       local popped = redis.call('ZPOPMIN', pending)
       if popped[1] then
-        local spec = redis.call('HGET', specs, popped[1])
+        local entry = redis.call('HGET', specs, popped[1])
         redis.call('HDEL', specs, popped[1])
-        if spec then
-          if redis.call('HSET', inflight, popped[1], tenant) == 1 then redis.call('HINCRBY', running, tenant, 1) end
-          out[#out + 1] = spec
+        if entry then
+          if limited and redis.call('HSET', inflight, popped[1], tenant) == 1 then
+            redis.call('HINCRBY', running, tenant, 1)
+          end
+          local cut = string.find(entry, '\\n', 1, true)
+          if cut then  -- a ready message: onto kombu's list now, no round trip back to the caller
+            redis.call('LPUSH', string.sub(entry, 1, cut - 1), string.sub(entry, cut + 1))
+          else
+            out[#out + 1] = entry
+          end
           room = room - 1
         end
         skipped = 0
@@ -102,7 +113,7 @@ local function dispatch()
 end
 """.replace("SENDING_TTL_MS", str(SENDING_TTL_MS))
 
-# Own arguments: for each job of the queue, its id, tenant, priority (0-9) and spec. Every job joins its tenant's
+# Own arguments: for each job of the queue, its id, tenant, priority (0-9) and entry. Every job joins its tenant's
 # pending set, then the dispatcher runs once. Returns {reason or '' per job, in order, then every message to publish
 # now}: a job's reason is why it is held ('' when it was dispatched at once). One call for a whole batch of submits:
 # a round trip per job would cost more than the scheduling itself.
@@ -110,10 +121,10 @@ _ENQUEUE = _COMMON + """
 redis.call('SADD', shared .. 'queues', queue)
 local seq = shared .. 'seq'
 for at = rest, #ARGV, 4 do
-  local job, tenant, priority, spec = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2]), ARGV[at + 3]
+  local job, tenant, priority, entry = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2]), ARGV[at + 3]
   local pending = q .. 'pending:' .. tenant
   local score = string.format('%.0f', (9 - priority) * 1e12 + redis.call('INCR', seq))
-  redis.call('HSET', specs, job, spec)
+  redis.call('HSET', specs, job, entry)
   redis.call('ZADD', pending, 'NX', score, job)
   if not redis.call('LPOS', ring, tenant) then redis.call('RPUSH', ring, tenant) end
 end
@@ -166,6 +177,11 @@ class Spec:
         return cls(**json.loads(raw))
 
 
+def ready_entry(list_key: str, message: bytes) -> bytes:
+    """A held job's entry that is its message, ready to LPUSH onto kombu's `list_key` (JSON holds no raw newline)."""
+    return list_key.encode() + b"\n" + message
+
+
 @dataclass
 class Scheduler:
     """The fair dispatcher for one key prefix, on the broker's Redis."""
@@ -190,24 +206,35 @@ class Scheduler:
         base = f"{self.keys.prefix}:celery:{self.keys.queue(queue)}"
         return [self.shared, queue, base, self.priority_separator, self.window, *self._limits, *own]
 
+    @property
+    def limited(self) -> bool:
+        """Whether any tenant has a concurrency limit. Without one the dispatcher counts nothing in flight, so a
+        task's end has nothing to release (workers skip that call; the next take refills the queue) and the
+        maintenance recount has nothing to repair."""
+        return self.concurrency > 0 or any(limit > 0 for limit in self.overrides.values())
+
     def limit(self, tenant: str) -> int:
         """The tenant's concurrency limit (0 = unlimited)."""
         return self.overrides.get(tenant, self.concurrency)
 
-    def enqueue(self, specs: Sequence[Spec]) -> tuple[list[str | None], list[Spec]]:
+    def enqueue(self, specs: Sequence[Spec], entries: Sequence[str | bytes] | None = None,
+                ) -> tuple[list[str | None], list[Spec]]:
         """Hold the jobs (all of one queue) in their tenants' pending sets and dispatch what may go now, in one
-        script call: (why each job is held, or None when it went straight to the queue; the messages to publish)."""
+        script call: (why each job is held, or None when it went to the queue; the Specs whose messages the caller
+        publishes). `entries`: what is held for each job, `ready_entry` or (the default) the Spec's JSON; the
+        dispatcher pushes a ready message itself, in the same call that releases it."""
         queue = specs[0].queue
         own: list[Any] = []
-        for spec in specs:
+        for index, spec in enumerate(specs):
             assert spec.queue == queue, "one queue per call: the dispatcher runs per queue"
-            own += [spec.id, spec.tenant, spec.priority, spec.dumps()]
+            own += [spec.id, spec.tenant, spec.priority, entries[index] if entries else spec.dumps()]
         raw = self._enqueue(args=self._args(queue, *own))
         reasons = [(item.decode() if isinstance(item, bytes) else str(item)) or None for item in raw[:len(specs)]]
         return reasons, [Spec.loads(item) for item in raw[len(specs):]]
 
     def dispatch(self, queue: str, ended: Iterable[str] = ()) -> list[Spec]:
-        """Release the jobs whose attempt `ended`, then take what may go now from the queue's pending sets."""
+        """Release the jobs whose attempt `ended`, then take what may go now from the queue's pending sets: ready
+        messages go onto the queue in the same call; the Specs returned are the caller's to publish."""
         return [Spec.loads(item) for item in self._release(args=self._args(queue, *ended))]
 
     def published(self, queue: str, count: int, pipe: Pipeline[bytes] | None = None) -> None:

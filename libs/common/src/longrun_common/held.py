@@ -63,7 +63,7 @@ def dispatch_all(store: JobStore) -> int:
 def recount(store: JobStore) -> None:
     """Make the per-tenant in-flight counts match SQL: drop jobs that ended without their worker saying so,
     count running jobs the counts lost."""
-    if store.celery is None or (scheduler := scheduler_for(store.celery)) is None:
+    if store.celery is None or (scheduler := scheduler_for(store.celery)) is None or not scheduler.limited:
         return
     inflight = scheduler.inflight()
     ended: dict[str, list[str]] = defaultdict(list)

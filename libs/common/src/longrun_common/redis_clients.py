@@ -59,12 +59,18 @@ def connection_options(
     }
 
 
-def sync_redis(url: str, *, retries: int = 1, backoff: AbstractBackoff | None = None) -> SyncRedis:
-    """A blocking client with its own pool (gateway handlers in threads, worker processes)."""
+def sync_redis(url: str, *, retries: int = 1, backoff: AbstractBackoff | None = None,
+               single_connection: bool = False) -> SyncRedis:
+    """A blocking client with its own pool (gateway handlers in threads, worker processes).
+
+    `single_connection`: every command on one connection, under redis-py's lock, instead of a checkout from the
+    pool (and its liveness check) per command, which cost a worker's pool process ~0.05 ms a command. For a
+    process whose threads seldom overlap; its pipelines still take pool connections. Not through Sentinel, whose
+    pool is what finds the new master after a failover."""
     options = connection_options(asynchronous=False, retries=retries, backoff=backoff)
     if (target := sentinel.parse(url)) is not None:  # redis+sentinel://…/master: see sentinel.py
         return sentinel.sync_client(target, options)
-    client: SyncRedis = redis.Redis.from_url(url, **options)
+    client: SyncRedis = redis.Redis.from_url(url, single_connection_client=single_connection, **options)
     return client
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Insert, Update, bindparam, case, func, insert, update
+from sqlalchemy import ColumnElement, Insert, Update, bindparam, case, func, insert, literal_column, update
 from sqlalchemy.sql.elements import BindParameter
 
 from .models import Attempt, Job
@@ -27,12 +27,20 @@ def _param(name: str, column: str, prefix: str = "p_") -> BindParameter[Any]:
     return bindparam(f"{prefix}{name}", type_=table_of(Job).c[column].type)
 
 
+def _status_in(statuses: tuple[str, ...]) -> ColumnElement[bool]:
+    """`status IN ('a', 'b')` with the statuses written into the SQL: an IN over bound values is an "expanding"
+    parameter, which SQLAlchemy renders into the statement again on every execution (~0.1 ms each, three per step).
+    The statuses are this module's own constants, never input."""
+    assert all(status.isidentifier() for status in statuses)
+    return table_of(Job).c.status.in_([literal_column(f"'{status}'") for status in statuses])
+
+
 @cache
 def take(unless_cancelled: bool) -> Update:
     """A waiting attempt becomes running (`JobStore.begin_attempt`): p_id, p_attempt, p_stamp, p_worker."""
     jobs = table_of(Job)
     statement = update(jobs).where(jobs.c.id == _param("id", "id"), jobs.c.attempt == _param("attempt", "attempt"),
-                                   jobs.c.status.in_(_WAITING))
+                                   _status_in(_WAITING))
     if unless_cancelled:
         statement = statement.where(jobs.c.cancel_requested_at.is_(None))
     stamp = _param("stamp", "updated_at")
@@ -55,7 +63,7 @@ def end(target: str, only_from: tuple[str, ...], columns: tuple[str, ...]) -> Up
     if "seq" in values:
         values["seq"] = case((jobs.c.seq < values["seq"], values["seq"]), else_=jobs.c.seq)
     return (update(jobs).where(jobs.c.id == _param("id", "id"), jobs.c.attempt == _param("attempt", "attempt"),
-                               jobs.c.status.in_(only_from))
+                               _status_in(only_from))
             .values(status=target, **values).returning(jobs))
 
 
@@ -75,7 +83,7 @@ def settle() -> Update:
     """The ended step p_id is applied to its parent, once (settled false -> true)."""
     jobs = table_of(Job)
     return (update(jobs).where(jobs.c.id == _param("id", "id"), jobs.c.settled.is_(False),
-                               jobs.c.status.in_(_TERMINAL)).values(settled=True))
+                               _status_in(_TERMINAL)).values(settled=True))
 
 
 @cache

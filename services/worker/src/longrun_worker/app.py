@@ -137,7 +137,7 @@ def _connect_process_hooks(app: Celery, settings: Settings) -> None:
         # Tracing first: the engine and Redis clients made next are instrumented. After the fork, because the
         # exporter's thread does not survive one.
         telemetry.setup_tracing("longrun-worker", celery=True)
-        reset_resources()  # never share the parent's connections after the fork
+        reset_resources(pool_process=True)  # never share the parent's connections after the fork
 
     def task_starts(task_id: str = "", kwargs: dict[str, Any] | None = None, **_: Any) -> None:
         # From before the task runs until after Celery logged how it ended: those lines carry the job too.

@@ -1,6 +1,6 @@
 """The worker's part in fair scheduling (longrun_common.fairness): when the worker takes a message, the queue it
-came from is refilled at once (the next message is ready when a slot frees); when a task ends, its job stops
-counting against its tenant's concurrency limit and the queue is refilled again."""
+came from is refilled at once (the next message is ready when a slot frees); when a task ends and tenants have
+concurrency limits, its job stops counting against its tenant's limit and the queue is refilled again."""
 
 from __future__ import annotations
 
@@ -28,7 +28,11 @@ def received(app: Celery, keys: Keys, request: Any) -> None:
 
 def ended(app: Celery, keys: Keys, task: Any, kwargs: dict[str, Any] | None) -> None:
     """The task ended (pool process, `task_postrun`): its job stops counting against its tenant's concurrency
-    limit, and the queue is refilled."""
+    limit, and the queue is refilled. Without limits nothing counted it, and the take of the next message refills
+    the queue: no call at all (a fan-out's short steps each spared a script run)."""
+    scheduler = scheduler_for(app)
+    if scheduler is None or not scheduler.limited:
+        return
     info = getattr(getattr(task, "request", None), "delivery_info", None)
     queue = _longrun_queue(app, keys, info, kwargs)
     if queue is not None and kwargs is not None:
