@@ -2,9 +2,9 @@
 
 Not a benchmark (running this file only says so). Workers run it as `celery -A bench._baseline_celery worker`.
 Redis broker, `task_acks_late=True`, `worker_prefetch_multiplier=1`, `worker_max_tasks_per_child=1000`, the default
-visibility timeout (1 hour), no result backend. The task sleeps in steps and records what happened in a separate "ledger" Redis that the
-benchmark never restarts, so lost and duplicated jobs can be counted after the broker lost its data:
-`starts:{job}` (list of [ts, hostname]), `done:{job}` (INCR per completion), `running:{hostname}` (set),
+visibility timeout (1 hour), no result backend. The task sleeps in steps and records what happened in a separate
+"ledger" Redis that the benchmark never restarts, so lost and duplicated jobs can be counted after the broker lost
+its data: `starts:{job}` (list of [ts, hostname]), `done:{job}` (INCR per completion), `running:{hostname}` (set),
 `done_jobs` (set).
 """
 

@@ -12,18 +12,21 @@ from celery import Celery
 from longrun_common.dispatch import dispatch_queue, scheduler_for
 from longrun_common.keys import Keys
 
+from . import offloop
+
 log = logging.getLogger(__name__)
 
 
 def received(app: Celery, keys: Keys, request: Any) -> None:
-    """This worker took a message off the queue (main process, `task_received`): refill the queue at once.
+    """This worker took a message off the queue (main process, `task_received`): refill the queue at once (on the
+    off-loop thread).
 
     Here rather than when the task starts in its pool process: a soft time limit can fire there before the task
     runs, and Celery's signal dispatch would swallow it inside a hook, letting the job run past its limit.
     """
     queue = _longrun_queue(app, keys, getattr(request, "delivery_info", None), getattr(request, "kwargs", None))
-    if queue is not None:
-        _dispatch(app, keys, queue, ())
+    if queue is not None:  # off the consumer's loop, which would otherwise wait for the script (offloop.py)
+        offloop.call_soon(("refill", queue), lambda: _dispatch(app, keys, queue, ()))
 
 
 def ended(app: Celery, keys: Keys, task: Any, kwargs: dict[str, Any] | None) -> None:

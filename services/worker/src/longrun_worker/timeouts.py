@@ -20,14 +20,17 @@ message for one a live worker still holds.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.worker.request import Request
+from redis.commands.core import Script
 
 from longrun_common import forkguard
 from longrun_common.catalog import TaskPolicy
@@ -38,6 +41,7 @@ from longrun_common.publisher import sql_floor
 from longrun_common.settings import Settings
 from longrun_common.states import JobStatus
 
+from . import offloop
 from .api import REGISTRY
 from .resources import Resources, get_resources
 
@@ -138,13 +142,17 @@ def request_class(settings: Settings, app: Celery) -> type[Request]:
             if job_id is None:
                 return
             res = get_resources(settings, app)
-            try:
-                release = res.redis.register_script(_RELEASE_CLAIM)
-                release(keys=[res.keys.job(job_id)], args=[f"{attempt}:{self.hostname}"])
-            except Exception:  # the reconciler's claim check only delays a resend; never fail the ack
-                log.warning("could not release the claim of job %s", job_id, exc_info=True)
+            key, claim = res.keys.job(job_id), f"{attempt}:{self.hostname}"
+            # Off the consumer's loop (offloop.py); a failure is logged there: the reconciler's claim check only
+            # delays a resend.
+            offloop.call_soon(("claim", key, claim), lambda: _release_script(res.redis)(keys=[key], args=[claim]))
 
     return LongrunRequest
+
+
+@functools.lru_cache(maxsize=4)
+def _release_script(client: redis.Redis[bytes]) -> Script:
+    return client.register_script(_RELEASE_CLAIM)
 
 
 def _job_of(kwargs: Any) -> tuple[str | None, int]:
