@@ -6,7 +6,7 @@ on the loop longer than they ran. Two of those calls need not be waited for:
 
 - refilling a fair queue after a take (`fairshare.received`): coalesced, so a burst of takes costs one dispatcher
   call per queue; the maintenance tick dispatches every queue anyway, should one be lost;
-- dropping an acknowledged message's claim (`timeouts.py`): a compare-and-delete, as right late as early. If the
+- dropping an acknowledged message's claim (`timeouts.py`): a compare-and-delete, as correct late as early. If the
   process dies before it runs, the claim names a worker that is gone, which the reconciler does not trust.
 """
 
