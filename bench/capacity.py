@@ -307,7 +307,7 @@ def main() -> None:
         # All at once: each process spends most of its start importing, which overlaps well.
         workers = [s.worker("--concurrency", "1", wait=False) for _ in range(WORKERS)]
         with ThreadPoolExecutor(HUBS + 1) as pool:
-            started = [pool.submit(s.gateway, 120.0)] + [pool.submit(start_hub, s) for _ in range(HUBS)]
+            started = [pool.submit(s.gateway, timeout=120.0)] + [pool.submit(start_hub, s) for _ in range(HUBS)]
             gateway, *hubs = [future.result() for future in started]
         for worker in workers:
             worker.wait_log("ready.", timeout=120)
