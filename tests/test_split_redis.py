@@ -53,8 +53,10 @@ def _keys(url: str, pattern: str) -> list[str]:
         client.close()
 
 
+# The servers come before `services` in each signature: pytest tears fixtures down in reverse, so the gateway and
+# the worker stop while their Redis still answers (a worker whose Sentinel is gone took 12 s to stop).
 def test_broker_and_event_bus_on_two_redis_servers(
-    services: ServiceFactory, private_redis: tuple[RedisServer, RedisServer], key_prefix: str
+    private_redis: tuple[RedisServer, RedisServer], services: ServiceFactory, key_prefix: str
 ) -> None:
     broker, bus = private_redis
     job_id = _run_one_job(services, {"LONGRUN_REDIS_URL": bus.url, "LONGRUN_BROKER_URL": broker.url})
@@ -90,7 +92,7 @@ def sentinel() -> Iterator[tuple[RedisServer, int]]:
 
 
 def test_a_job_runs_through_sentinel_urls(
-    services: ServiceFactory, sentinel: tuple[RedisServer, int], key_prefix: str
+    sentinel: tuple[RedisServer, int], services: ServiceFactory, key_prefix: str
 ) -> None:
     master, port = sentinel
     env = {"LONGRUN_REDIS_URL": f"redis+sentinel://127.0.0.1:{port}/mymaster/0",
