@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from tests.support.fixtures import ServiceFactory
+from tests.support.fixtures import ServiceFactory, wait_ready
 from tests.support.servers import RedisServer, free_port, wait_for_port
 from tests.test_e2e_gateway import follow, submit
 
@@ -35,8 +35,9 @@ def private_redis() -> Iterator[tuple[RedisServer, RedisServer]]:
 
 
 def _run_one_job(services: ServiceFactory, env: dict[str, str]) -> str:
-    gateway = services("gateway", env=env)
-    services("worker", "--concurrency", "1", env=env)
+    gateway = services("gateway", env=env, wait=False)
+    worker = services("worker", "--concurrency", "1", env=env, wait=False)
+    wait_ready(gateway, worker)  # booted side by side
     with httpx.Client(base_url=gateway.url, timeout=30) as http:
         job = submit(http, "demo.steps", {"steps": 3})
         seen = follow(http, job["id"], timeout=60)
