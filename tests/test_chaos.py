@@ -15,7 +15,7 @@ import redis
 from longrun_common.jobs import JobStore
 from longrun_common.models import Job
 from longrun_common.settings import Settings
-from tests.support.fixtures import ServiceFactory
+from tests.support.fixtures import ServiceFactory, wait_ready
 from tests.support.jobs import close_store, events, make_store, submit, wait_for
 from tests.support.processes import Service
 from tests.support.servers import RedisServer
@@ -76,8 +76,8 @@ def assert_fenced_handover(store: JobStore, job_id: str) -> None:
 
 
 def test_kill9_worker_group_jobs_resume_elsewhere(services: ServiceFactory, store: JobStore) -> None:
-    doomed = services("worker", "--concurrency", "2")
-    services("worker", "--concurrency", "2")  # the survivor
+    doomed, survivor = (services("worker", "--concurrency", "2", wait=False) for _ in range(2))
+    wait_ready(doomed, survivor)  # booted side by side; the jobs come after both are up
     jobs = [submit(store, "demo.steps", {"steps": 40, "delay": 0.1}) for _ in range(4)]
     ids = [job.id for job in jobs]
     held = wait_running_on(store, ids, doomed)
@@ -119,11 +119,16 @@ def test_redis_wiped_with_jobs_queued_all_succeed(services: ServiceFactory, sett
 
 def test_sigterm_drains_and_the_job_resumes_on_another_worker(services: ServiceFactory, store: JobStore) -> None:
     drain = {"LONGRUN_DRAIN_SECONDS": "1"}
-    leaving = services("worker", "--concurrency", "1", env=drain)
-    # Long enough (30 s) to still be running when the second worker is up, however slowly this host starts it.
-    job = submit(store, "demo.steps", {"steps": 300, "delay": 0.1})
-    wait_running_on(store, [job.id], leaving)
-    services("worker", "--concurrency", "1", env=drain)
+    # Both workers are up before the job: whichever takes it is the one that leaves. The job (15 s) need only
+    # outlast the 1 s drain window and the handover on a loaded host, not a second worker's start-up too.
+    workers = [services("worker", "--concurrency", "1", env=drain, wait=False) for _ in range(2)]
+    wait_ready(*workers)
+    job = submit(store, "demo.steps", {"steps": 150, "delay": 0.1})
+    deadline = time.monotonic() + 30
+    while (current := store.get(job.id)) is None or current.status != "running" or not _checkpointed(store, job.id):
+        assert time.monotonic() < deadline, f"the job never got going: {current and current.status}"
+        time.sleep(0.05)
+    (leaving,) = [w for w in workers if (current.worker or "").startswith(hostname_prefix(w) + "@")]
     assert leaving.process is not None
     leaving.process.send_signal(signal.SIGTERM)  # the main process only, as Kubernetes does
     leaving.process.wait(30)

@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 from longrun_common.jobs import JobStore
 from longrun_common.models import Job
 from longrun_common.settings import Settings
-from tests.support.fixtures import ServiceFactory
+from tests.support.fixtures import ServiceFactory, wait_ready
 from tests.support.jobs import close_store, make_store, wait_for
 from tests.support.servers import RedisServer
 from tests.test_chaos import FAST, wait_running_on
@@ -64,10 +64,9 @@ def test_workflow_survives_a_worker_kill_and_a_redis_wipe(services: ServiceFacto
     store = make_store(settings.model_copy(update={"redis_url": private.url}))
     try:
         env = {"LONGRUN_REDIS_URL": private.url, **FAST}
-        gateway = services("gateway", env=env)
+        gateway = services("gateway", env=env, wait=False)
         workers = [services("worker", "--concurrency", "2", env=env, wait=False) for _ in range(2)]
-        for worker in workers:
-            worker.wait_log("ready.", timeout=90)
+        wait_ready(gateway, *workers)  # all three boot side by side
         doomed = workers[0]
         with httpx.Client(base_url=gateway.url, timeout=30) as http:
             roots = {}

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from longrun_common.jobs import JobStore
-from tests.support.fixtures import ServiceFactory
+from tests.support.fixtures import ServiceFactory, wait_ready
 from tests.support.jobs import events
 
 pytestmark = pytest.mark.e2e
@@ -47,8 +47,8 @@ def submit(http: httpx.Client, task: str, args: dict[str, Any]) -> dict[str, Any
 
 
 def test_every_builtin_task_through_the_gateway(services: ServiceFactory, job_store: JobStore) -> None:
-    services("worker", "--concurrency", "2")  # registers the catalog before the gateway is asked
-    gateway = services("gateway")
+    worker, gateway = services("worker", "--concurrency", "2", wait=False), services("gateway", wait=False)
+    wait_ready(worker, gateway)  # the worker registers the catalog before it is ready, so before the gateway is asked
     with httpx.Client(base_url=gateway.url, timeout=30) as http:
         assert {t["name"] for t in http.get("/v1/tasks", headers=AUTH).json()["tasks"]} >= {
             "demo.steps", "files.checksum", "csv.profile"}

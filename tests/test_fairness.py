@@ -222,7 +222,10 @@ def _started(store: JobStore, ids: list[str]) -> dict[str, float]:
     return {job_id: (s if s.tzinfo else s.replace(tzinfo=UTC)).timestamp() for job_id, s in rows}
 
 
+# Fair shares and tenant limits are kept in Redis (the SQL they read is the JobStore's, run on both backends above):
+# the real-worker tests run on PostgreSQL alone, as in production, each saving a worker start-up and a backlog.
 @pytest.mark.integration
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_workers_run_a_new_tenants_job_before_the_backlog_drains(
     job_store: JobStore, services: ServiceFactory
 ) -> None:
@@ -238,6 +241,7 @@ def test_workers_run_a_new_tenants_job_before_the_backlog_drains(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_workers_never_run_more_than_a_tenants_limit(settings: Settings, services: ServiceFactory) -> None:
     store = make_store(settings.model_copy(update={"tenant_limits": "acme:concurrency=2"}))
     try:

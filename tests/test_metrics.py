@@ -14,7 +14,7 @@ from longrun_common.jobs import JobStore
 from longrun_common.states import JobStatus
 from longrun_gateway.sqlmetrics import JobsCollector
 from longrun_worker import metrics as worker_metrics
-from tests.support.fixtures import ServiceFactory
+from tests.support.fixtures import ServiceFactory, wait_ready
 from tests.support.jobs import submit, wait_for
 from tests.support.metrics import check_against_docs, documented, samples, scrape
 from tests.support.processes import free_port
@@ -55,8 +55,9 @@ def wait_metric(url: str, name: str, labels: dict[str, str], check: object, time
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_every_service_exports_its_documented_metrics(services: ServiceFactory, store: JobStore) -> None:
     port = free_port()
-    worker = services("worker", "--concurrency=2", env={"LONGRUN_WORKER_METRICS_PORT": str(port)})
-    gateway, hub = services("gateway"), services("hub")
+    worker = services("worker", "--concurrency=2", env={"LONGRUN_WORKER_METRICS_PORT": str(port)}, wait=False)
+    gateway, hub = services("gateway", wait=False), services("hub", wait=False)
+    wait_ready(worker, gateway, hub)  # booted side by side
     url = f"http://127.0.0.1:{port}/metrics"
 
     ok = submit(store, "demo.steps", {"steps": 3})

@@ -24,7 +24,7 @@ from websockets.sync.client import connect
 
 from longrun_common.jobs import JobStore
 from longrun_common.settings import Settings
-from tests.support.fixtures import ServiceFactory
+from tests.support.fixtures import ServiceFactory, wait_ready
 from tests.support.jobs import submit, wait_for
 from tests.support.processes import free_port
 from tests.support.servers import repo_root
@@ -154,8 +154,9 @@ def test_dashboard_and_alerts_on_a_real_prometheus(
     # No worker consumes `low`: a job there provokes LongrunNoWorkers.
     queues = ",".join(store.keys.queue(q) for q in ("default", "high"))
     worker = services("worker", "--concurrency=3", f"--queues={queues}",
-                      env={"LONGRUN_WORKER_METRICS_PORT": str(metrics_port)})
-    gateway, hub = services("gateway"), services("hub")
+                      env={"LONGRUN_WORKER_METRICS_PORT": str(metrics_port)}, wait=False)
+    gateway, hub = services("gateway", wait=False), services("hub", wait=False)
+    wait_ready(worker, gateway, hub)  # booted side by side
     prometheus = Prometheus(tmp_path, {
         "longrun-gateway": f"127.0.0.1:{gateway.port}",
         "longrun-hub": f"127.0.0.1:{hub.port}",

@@ -18,7 +18,7 @@ import pytest
 from longrun_common.jobs import JobStore
 from longrun_common.models import Job
 from longrun_common.settings import Settings
-from tests.support.fixtures import ServiceFactory
+from tests.support.fixtures import ServiceFactory, wait_ready
 from tests.support.jobs import close_store, make_store, submit, wait_for, waiting_job_ids
 from tests.support.processes import Service
 from tests.support.servers import RedisServer
@@ -99,7 +99,8 @@ def test_killed_workers_job_runs_again_within_the_lease(services: ServiceFactory
     first = services("worker", "--concurrency", "1", env=SHORT_LEASE)
     job = submit(store, "demo.steps", {"steps": 400, "delay": 0.1})
     _running(store, job.id, 1, timeout=30)
-    spares = [services("worker", "--concurrency", "1", env=SHORT_LEASE) for _ in range(2)]
+    spares = [services("worker", "--concurrency", "1", env=SHORT_LEASE, wait=False) for _ in range(2)]
+    wait_ready(*spares)  # booted side by side
     by_host = {_host(w): w for w in [first, *spares]}
     took: list[float] = []
     for attempt in (1, 2):
@@ -143,6 +144,9 @@ def test_requeued_job_goes_ahead_of_a_backlog_restored_after_redis_lost_it(
     assert took <= BOUND + 1.0, f"kill -> running again took {took:.1f}s (bound {BOUND} s + one 1 s job)"
     assert waiting > 0  # the backlog was still there: the job went ahead of it
     store.request_cancel(job.id)
+    # Measured: what is left is to see every restored job run once. A third worker (not waited for) helps the one
+    # process left through the rest of the backlog, a second each, one after another.
+    services("worker", "--concurrency", "4", env=env, wait=False)
     done = wait_for(store, [job.id, *backlog], timeout=90)
     assert [j.status for j in done] == ["cancelled"] + ["succeeded"] * len(backlog)
 
@@ -215,8 +219,7 @@ def test_busy_worker_holds_no_message_another_worker_could_run(
     jobs submitted behind it all run on the other worker. (With `--prefetch-multiplier 4`, or early acks, the
     busy worker would hold some of them until the long job ends.)"""
     store = job_store
-    for _ in range(2):
-        services("worker", "--concurrency", "1")
+    wait_ready(*(services("worker", "--concurrency", "1", wait=False) for _ in range(2)))  # side by side
     long = submit(store, "demo.steps", {"steps": 300, "delay": 0.1})
     _running(store, long.id, 1, timeout=30)
     shorts = [submit(store, "demo.steps", {"steps": 2, "delay": 0.1}) for _ in range(4)]

@@ -25,7 +25,7 @@ from longrun_common.jobs import JobStore
 from longrun_common.models import Job
 from longrun_common.settings import Settings
 from longrun_worker.catalog import register_catalog
-from tests.support.fixtures import ServiceFactory
+from tests.support.fixtures import ServiceFactory, wait_ready
 from tests.support.jobs import TERMINAL_VALUES, close_store, make_store, submit
 from tests.support.processes import Service, free_port, service_env
 from tests.support.servers import RedisServer
@@ -129,7 +129,8 @@ async def test_first_redis_use_after_an_outage_succeeds(services: ServiceFactory
     try:
         env = {"LONGRUN_REDIS_URL": private.url, "LONGRUN_HUB_REDIS_BACKOFF_MIN": "0.1",
                "LONGRUN_HUB_REDIS_BACKOFF_MAX": "0.2"}
-        hub, gateway = services("hub", env=env), services("gateway", env=env)
+        hub, gateway = services("hub", env=env, wait=False), services("gateway", env=env, wait=False)
+        wait_ready(hub, gateway)  # booted side by side
         async with httpx.AsyncClient(timeout=15) as http:
             submitted = await http.post(gateway.url + "/v1/jobs", headers=AUTH,
                                         json={"task": "demo.steps", "args": {"steps": 5}})

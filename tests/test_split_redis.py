@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from tests.support.fixtures import ServiceFactory
+from tests.support.fixtures import ServiceFactory, wait_ready
 from tests.support.servers import RedisServer, free_port, wait_for_port
 from tests.test_e2e_gateway import follow, submit
 
@@ -35,8 +35,9 @@ def private_redis() -> Iterator[tuple[RedisServer, RedisServer]]:
 
 
 def _run_one_job(services: ServiceFactory, env: dict[str, str]) -> str:
-    gateway = services("gateway", env=env)
-    services("worker", "--concurrency", "1", env=env)
+    gateway = services("gateway", env=env, wait=False)
+    worker = services("worker", "--concurrency", "1", env=env, wait=False)
+    wait_ready(gateway, worker)  # booted side by side
     with httpx.Client(base_url=gateway.url, timeout=30) as http:
         job = submit(http, "demo.steps", {"steps": 3})
         seen = follow(http, job["id"], timeout=60)
@@ -53,8 +54,10 @@ def _keys(url: str, pattern: str) -> list[str]:
         client.close()
 
 
+# The servers come before `services` in each signature: pytest tears fixtures down in reverse, so the gateway and
+# the worker stop while their Redis still answers (a worker whose Sentinel is gone took 12 s to stop).
 def test_broker_and_event_bus_on_two_redis_servers(
-    services: ServiceFactory, private_redis: tuple[RedisServer, RedisServer], key_prefix: str
+    private_redis: tuple[RedisServer, RedisServer], services: ServiceFactory, key_prefix: str
 ) -> None:
     broker, bus = private_redis
     job_id = _run_one_job(services, {"LONGRUN_REDIS_URL": bus.url, "LONGRUN_BROKER_URL": broker.url})
@@ -90,7 +93,7 @@ def sentinel() -> Iterator[tuple[RedisServer, int]]:
 
 
 def test_a_job_runs_through_sentinel_urls(
-    services: ServiceFactory, sentinel: tuple[RedisServer, int], key_prefix: str
+    sentinel: tuple[RedisServer, int], services: ServiceFactory, key_prefix: str
 ) -> None:
     master, port = sentinel
     env = {"LONGRUN_REDIS_URL": f"redis+sentinel://127.0.0.1:{port}/mymaster/0",

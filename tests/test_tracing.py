@@ -12,7 +12,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from tests.support.fixtures import ServiceFactory
+from tests.support.fixtures import ServiceFactory, wait_ready
 from tests.support.otlp import OtlpReceiver, Span
 
 pytestmark = pytest.mark.e2e
@@ -43,8 +43,9 @@ def ancestors(span: Span, by_id: dict[str, Span]) -> list[Span]:
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_one_trace_from_submit_to_hub_send(services: ServiceFactory, receiver: OtlpReceiver) -> None:
     otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
-    worker = services("worker", "--concurrency=1", env=otel)
-    gateway, hub = services("gateway", env=otel), services("hub", env=otel)
+    worker = services("worker", "--concurrency=1", env=otel, wait=False)
+    gateway, hub = services("gateway", env=otel, wait=False), services("hub", env=otel, wait=False)
+    wait_ready(worker, gateway, hub)  # booted side by side
 
     with httpx.Client(base_url=gateway.url, timeout=30) as http:
         response = http.post("/v1/jobs", headers=AUTH,

@@ -31,6 +31,11 @@ def store(job_store: JobStore) -> JobStore:
 
 FAST = {"LONGRUN_LEASE_SECONDS": "2", "LONGRUN_REAPER_INTERVAL": "0.5", "LONGRUN_CANCEL_GRACE_SECONDS": "1"}
 
+# For what Celery and Redis decide (time limits, cancels, priorities), PostgreSQL alone, as in production: the SQL
+# each one writes is the same JobStore code the other tests here and the gateway's run on both backends, and hard
+# kills on SQLite are test_worker_time_limits.py's. Each run costs a worker start-up.
+POSTGRESQL_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
 
 def test_every_builtin_task_end_to_end(services: ServiceFactory, settings: Settings, store: JobStore) -> None:
     services("worker", "--concurrency", "2")
@@ -91,6 +96,7 @@ def test_soft_time_limit_is_a_timeout_that_retries(services: ServiceFactory, sto
     assert done.checkpoint is not None and done.checkpoint["next_step"] > 10
 
 
+@POSTGRESQL_ONLY
 def test_hard_time_limit_kills_and_is_recorded_as_timeout(services: ServiceFactory, store: JobStore) -> None:
     services("worker", env=FAST)
     job = submit(store, "demo.steps", {"steps": 1, "delay": 30}, time_limit=1, soft_time_limit=None,
@@ -100,6 +106,7 @@ def test_hard_time_limit_kills_and_is_recorded_as_timeout(services: ServiceFacto
     assert done.error is not None and done.error["type"] == "timeout", done.error
 
 
+@POSTGRESQL_ONLY
 def test_cancel_queued_job_never_starts(services: ServiceFactory, store: JobStore) -> None:
     job = submit(store, "demo.steps", {"steps": 3})
     store.request_cancel(job.id)
@@ -111,6 +118,7 @@ def test_cancel_queued_job_never_starts(services: ServiceFactory, store: JobStor
     assert events(store, job.id)[-1]["status"] == "cancelled"
 
 
+@POSTGRESQL_ONLY
 def test_cancel_running_job_at_next_report(services: ServiceFactory, store: JobStore) -> None:
     services("worker")
     job = submit(store, "demo.steps", {"steps": 1000, "delay": 0.02})
@@ -123,6 +131,7 @@ def test_cancel_running_job_at_next_report(services: ServiceFactory, store: JobS
     assert events(store, job.id)[-1]["status"] == "cancelled"
 
 
+@POSTGRESQL_ONLY
 def test_job_ignoring_cancel_is_terminated_after_grace(services: ServiceFactory, store: JobStore) -> None:
     worker = services("worker", env=FAST)
     job = submit(store, "demo.steps", {"steps": 1, "delay": 60})  # sleeps without reporting
@@ -136,6 +145,7 @@ def test_job_ignoring_cancel_is_terminated_after_grace(services: ServiceFactory,
     assert wait_for(store, [after.id], timeout=20)[0].status == "succeeded", worker.logs()[-3000:]
 
 
+@POSTGRESQL_ONLY
 def test_urgent_jobs_run_before_normal_ones(services: ServiceFactory, store: JobStore) -> None:
     normal = [submit(store, "demo.steps", {"steps": 1}, priority=0) for _ in range(5)]
     urgent = submit(store, "demo.steps", {"steps": 1}, priority=9)

@@ -53,7 +53,9 @@ def test_every_soft_limit_ends_the_attempt_even_before_the_task_runs(services: S
     # task's own code — where it used to escape and leave the acknowledged job `queued`.
     worker = services("worker", "--concurrency", "2", env=FAST)
     soft = [1e-6, 0.001, 0.005, 0.02, 0.2]
-    jobs = [submit(job_store, "demo.steps", {"steps": 1, "delay": 20}, soft_time_limit=limit, time_limit=30,
+    # 6 s: thirty times the longest soft limit, and what a job whose limit was swallowed (below) runs before it
+    # succeeds, twice if both attempts swallowed it (20 s made such a run take 20-40 s).
+    jobs = [submit(job_store, "demo.steps", {"steps": 1, "delay": 6}, soft_time_limit=limit, time_limit=30,
                    max_attempts=2) for limit in soft]
     done = wait_for(job_store, [job.id for job in jobs], timeout=45)  # none stranded
     failed = [job for job in done if job.status == "failed"]

@@ -10,7 +10,7 @@ import pytest
 
 from longrun_common.db import migrate
 from longrun_common.settings import Settings
-from tests.support.fixtures import ServiceFactory
+from tests.support.fixtures import ServiceFactory, wait_ready
 
 from .helpers import Stack
 
@@ -34,10 +34,12 @@ def settings_env(settings_env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture
 async def stack(services: ServiceFactory, settings_env: dict[str, str]) -> AsyncIterator[Stack]:
-    hub = services("hub")
-    gateway = services("gateway", env={"LONGRUN_HUB_PUBLIC_URL": hub.url})
+    hub = services("hub", wait=False)  # its port is known before it answers
+    gateway = services("gateway", env={"LONGRUN_HUB_PUBLIC_URL": hub.url}, wait=False)
     prefix = settings_env["LONGRUN_KEY_PREFIX"]
-    services("worker", "--concurrency", "3", "--queues", ",".join(f"{prefix}.{q}" for q in WORKER_QUEUES))
+    worker = services("worker", "--concurrency", "3", "--queues", ",".join(f"{prefix}.{q}" for q in WORKER_QUEUES),
+                      wait=False)
+    wait_ready(hub, gateway, worker)  # all three boot side by side
     async with httpx.AsyncClient(base_url=gateway.url, timeout=15,
                                  headers={"Authorization": "Bearer dev-key"}) as http:
         yield Stack(gateway.url, http)

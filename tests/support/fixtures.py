@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -109,7 +110,9 @@ ServiceFactory = Callable[..., Service]
 def services(tmp_path: Path, settings_env: dict[str, str]) -> Iterator[ServiceFactory]:
     """Start real services: `services("gateway")`, `services("hub")`, `services("worker", "--concurrency=2")`.
 
-    Extra environment goes in `env=`; every service started here is stopped after the test.
+    Extra environment goes in `env=`; every service started here is stopped after the test. `wait=False` returns
+    at once: start several that way, then `wait_ready(*started)`, and they boot side by side (each one's imports
+    take seconds; one after another that was most of a test's set-up).
     """
     started: list[Service] = []
 
@@ -131,14 +134,30 @@ def services(tmp_path: Path, settings_env: dict[str, str]) -> Iterator[ServiceFa
         else:
             raise ValueError(f"unknown service {kind!r}")
         started.append(service)
-        service.start()
+        service.start(ready_path="/healthz" if wait else None)
         if kind == "worker" and wait:
-            service.wait_log("ready.", timeout=60)
+            wait_ready(service)
         return service
 
     yield start
     for service in reversed(started):
+        if service.name == "worker":
+            # Celery's warm shutdown takes ~2 s even when idle, and longer with a job running; nothing here checks
+            # it (the tests of SIGTERM and Ctrl-C send their own), so a worker is killed: its keys carry this
+            # test's prefix and its database is this test's own or emptied before the next one.
+            service.signal_group(signal.SIGKILL)
+            if service.process is not None:
+                service.process.wait(10)
         service.stop()
+
+
+def wait_ready(*started: Service) -> None:
+    """Wait until each service started with `wait=False` is ready: answers /healthz, or (a worker) logged 'ready.'."""
+    for service in started:
+        if service.port is not None:
+            service.wait_http("/healthz", timeout=90)
+        else:
+            service.wait_log("ready.", timeout=60)
 
 
 @pytest.fixture

@@ -34,22 +34,27 @@ class Stack:
         self._tenants = itertools.count()
 
     def start(self, name: str, argv: list[str], port: int | None = None, ready_log: str | None = None,
-              env: dict[str, str] | None = None) -> Service:
+              env: dict[str, str] | None = None, wait: bool = True) -> Service:
         merged = service_env({**self.env, **(env or {})})
         service = Service(name, argv, merged, self.tmp / f"{name}-{len(self.started)}.log", port)
         self.started.append(service)
-        service.start(timeout=START_TIMEOUT)
-        if ready_log:
+        service.start(ready_path="/healthz" if wait else None, timeout=START_TIMEOUT)
+        if ready_log and wait:
             service.wait_log(ready_log, timeout=START_TIMEOUT)
         return service
 
     def up(self) -> Stack:
-        # The worker first: it registers the task catalog the gateway validates submissions against.
+        # All three boot side by side; the tests begin once the worker is ready, so it has registered the task
+        # catalog the gateway validates submissions against.
         hostname = f"c{uuid.uuid4().hex[:6]}@%h"
         self.worker = self.start("worker", python_module("longrun_worker", "--hostname", hostname,
-                                                         "--concurrency", "2"), ready_log="ready.")
-        self.hub = self.start("hub", python_module("longrun_hub"), int(self.env["LONGRUN_HUB_PORT"]))
-        self.gateway = self.start("gateway", python_module("longrun_gateway"), int(self.env["LONGRUN_GATEWAY_PORT"]))
+                                                         "--concurrency", "2"), wait=False)
+        self.hub = self.start("hub", python_module("longrun_hub"), int(self.env["LONGRUN_HUB_PORT"]), wait=False)
+        self.gateway = self.start("gateway", python_module("longrun_gateway"), int(self.env["LONGRUN_GATEWAY_PORT"]),
+                                  wait=False)
+        self.worker.wait_log("ready.", timeout=START_TIMEOUT)
+        for service in (self.hub, self.gateway):
+            service.wait_http("/healthz", START_TIMEOUT)
         return self
 
     def stop(self) -> None:

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 from longrun_common.apikeys import ApiKeyStore, KeyStatus, key_id_of, matches, status
 from longrun_common.settings import Settings
 from longrun_gateway import __main__ as entry
-from tests.support.fixtures import ServiceFactory
+from tests.support.fixtures import ServiceFactory, wait_ready
 from tests.support.processes import python_module, service_env
 from tests.support.servers import repo_root
 
@@ -111,7 +111,8 @@ def test_a_revocation_reaches_a_second_gateway_within_the_cache_ttl(
     services: ServiceFactory, settings_env: dict[str, str]
 ) -> None:
     env = {"LONGRUN_API_KEY_CACHE_SECONDS": str(CACHE_SECONDS)}
-    first, second = services("gateway", env=env), services("gateway", env=env)
+    first, second = services("gateway", env=env, wait=False), services("gateway", env=env, wait=False)
+    wait_ready(first, second)  # booted side by side
     admin = keys_command(settings_env, "create", "--tenant", "dev", "--name", "ops", "--scope", "admin")
     assert admin.returncode == 0, admin.stderr
     auth = {"Authorization": f"Bearer {admin.stdout.strip()}"}

@@ -17,7 +17,7 @@ import websockets
 from hubtest import Jobs, Received, assert_gap_free, numsub, read_until_closed, until, ws_url
 
 from longrun_common.settings import Settings
-from tests.support.fixtures import ServiceFactory
+from tests.support.fixtures import ServiceFactory, wait_ready
 from tests.support.processes import Service
 from tests.support.servers import RedisServer
 
@@ -66,7 +66,8 @@ async def follow(url_for: Any, job: str, token: str, received: Received, hint: l
 async def test_graceful_hub_restart_mid_job(services: ServiceFactory, jobs: Jobs) -> None:
     """SIGTERM: the client gets a reconnect frame with its last seq, close 1012, and resumes on another hub
     while events keep being published: no gap, no duplicate."""
-    first, second = services("hub"), services("hub")
+    first, second = services("hub", wait=False), services("hub", wait=False)
+    wait_ready(first, second)  # booted side by side
     job = await jobs.create()
     current = [first]
     received, hints = Received(), []
@@ -85,7 +86,8 @@ async def test_graceful_hub_restart_mid_job(services: ServiceFactory, jobs: Jobs
 
 async def test_killed_hub_mid_job(services: ServiceFactory, jobs: Jobs) -> None:
     """SIGKILL: no goodbye at all; the client resumes from its own last seq on another hub."""
-    first, second = services("hub"), services("hub")
+    first, second = services("hub", wait=False), services("hub", wait=False)
+    wait_ready(first, second)  # booted side by side
     job = await jobs.create()
     current = [first]
     received, hints = Received(), []
@@ -101,7 +103,8 @@ async def test_killed_hub_mid_job(services: ServiceFactory, jobs: Jobs) -> None:
 
 
 async def test_two_hubs_serve_the_same_job(services: ServiceFactory, jobs: Jobs) -> None:
-    hubs = [services("hub"), services("hub")]
+    hubs = [services("hub", wait=False), services("hub", wait=False)]
+    wait_ready(*hubs)  # booted side by side
     job = await jobs.create()
     token = jobs.token(job)
     sockets = [await websockets.connect(ws_url(h.url, f"/v1/ws/jobs/{job}", token=token)) for h in hubs * 5]
