@@ -205,7 +205,9 @@ class Stack:
         """A real Longrun worker (`python -m longrun_worker`) in its own process group."""
         name = hostname or f"lr-{uuid.uuid4().hex[:6]}@bench"
         argv = python_module("longrun_worker", "--hostname", name, *args)
-        service = Service("worker", argv, service_env(self.env), self._log("worker"))
+        metrics = self.workdir / f"{name.split('@')[0]}-metrics"  # removed with the stack (a killed worker cannot)
+        env = service_env({**self.env, "PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+        service = Service("worker", argv, env, self._log("worker"))
         self.services.append(service)
         service.start()
         if wait:

@@ -129,6 +129,9 @@ def services(tmp_path: Path, settings_env: dict[str, str]) -> Iterator[ServiceFa
             merged["LONGRUN_HUB_PORT"] = str(port)
             service = Service(kind, python_module("longrun_hub", *args), merged, log, port)
         elif kind == "worker":
+            # Its metrics files in the test's own directory: a worker killed at teardown (below) cannot remove
+            # the private temporary one it would make.
+            merged.setdefault("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / f"worker-{index}-metrics"))
             argv = python_module("longrun_worker", "--hostname", f"w{index}-{uuid.uuid4().hex[:6]}@%h", *args)
             service = Service(kind, argv, merged, log)
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -22,23 +23,32 @@ MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 log = logging.getLogger("longrun_worker")
 
 
-def prepare_multiprocess_dir() -> Path:
+def prepare_multiprocess_dir() -> tuple[Path, bool]:
     """Point PROMETHEUS_MULTIPROC_DIR at an empty directory: the one given (emptied: values of an earlier run
-    would be summed in), else a private temporary one."""
+    would be summed in), else a private temporary one. Returns it, and whether it is the private one (which the
+    worker removes when it exits)."""
     given = os.environ.get(MULTIPROC_DIR)
     if given:
         path = Path(given)
         path.mkdir(parents=True, exist_ok=True)
         for stale in path.glob("*.db"):
             stale.unlink()
-        return path
+        return path, False
     path = Path(tempfile.mkdtemp(prefix="longrun-worker-metrics-"))
     os.environ[MULTIPROC_DIR] = str(path)
-    return path
+    return path, True
 
 
 def main(argv: list[str]) -> int:
-    prepare_multiprocess_dir()
+    path, private = prepare_multiprocess_dir()
+    try:
+        return _run(argv)
+    finally:
+        if private:  # one left behind per run otherwise (a killed worker's still is: point it at a directory)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _run(argv: list[str]) -> int:
 
     from longrun_common.db import ensure_schema
     from longrun_common.keys import Keys
