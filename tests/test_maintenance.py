@@ -211,3 +211,20 @@ def test_requeue_after_redis_lost_a_job_whose_sql_seq_is_still_zero_numbers_past
     Maintenance(job_store, settings).reap_expired_leases()
     assert (job_store.get(job.id) or job).status == JobStatus.RETRYING.value
     assert int(job_store.redis.hget(job_store.keys.job(job.id), "seq") or 0) > 3
+
+
+def test_an_overdue_lease_is_reaped_by_an_instance_that_is_not_the_leader(
+    job_store: JobStore, settings: Settings
+) -> None:
+    """The leader is often the worker just killed, and its lock outlives it: an instance that is not the leader
+    leaves a lease that expired moments ago to the leader, and reaps one overdue by more than 1.5 ticks."""
+    settings = settings.model_copy(update={"reaper_interval": 1.0})
+    job_store.redis.set(job_store.keys.lock("maintenance"), "a-dead-leader", px=60_000)
+    fresh, overdue = (submit(job_store, "demo.steps", {"steps": 2}) for _ in range(2))
+    for job in (fresh, overdue):
+        assert job_store.begin_attempt(job.id, 1, "gone@host")
+    job_store.redis.zadd(job_store.keys.leases(), {fresh.id: time.time() - 0.5, overdue.id: time.time() - 2})
+    Maintenance(job_store, settings).tick()
+    statuses = {job.id: (current.status if (current := job_store.get(job.id)) else None) for job in (fresh, overdue)}
+    assert statuses == {fresh.id: JobStatus.RUNNING.value, overdue.id: JobStatus.RETRYING.value}
+    assert job_store.redis.get(job_store.keys.lock("maintenance")) == b"a-dead-leader"  # still not the leader

@@ -110,6 +110,10 @@ class Maintenance:
     def tick(self) -> None:
         lead = self._lead()
         if not lead:
+            # The leader is often the worker just killed -9, and its lock outlives it by up to its TTL: a lease
+            # the leader has let sit expired for 1.5 ticks is reaped by whoever sees it. Reaping twice is harmless
+            # (every transition is conditional), and a live leader got there first, so this costs one ZRANGE.
+            self.reap_expired_leases(overdue=self.settings.reaper_interval * 1.5)
             return
         held.release_delayed(self.store)  # first: a delayed job is released on time (± one tick)
         self.reap_expired_leases()
@@ -124,11 +128,13 @@ class Maintenance:
 
     # --- leases ---------------------------------------------------------------------------------------
 
-    def reap_expired_leases(self) -> list[str]:
-        """Requeue (or dead-letter) running jobs whose lease expired; returns the job ids handled."""
+    def reap_expired_leases(self, overdue: float = 0.0) -> list[str]:
+        """Requeue (or dead-letter) running jobs whose lease expired (at least `overdue` seconds ago); returns the
+        job ids handled."""
         now = time.time()
         leases = self.store.keys.leases()
-        expired = [m.decode() for m in self.store.redis.zrangebyscore(leases, "-inf", now, start=0, num=200)]
+        expired = [m.decode() for m in self.store.redis.zrangebyscore(leases, "-inf", now - overdue, start=0,
+                                                                      num=200)]
         handled = []
         for job_id in expired:
             job = self.store.get(job_id)
