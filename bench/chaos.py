@@ -31,7 +31,6 @@ The modules: _chaos_common (a side's interface, kills, outcomes), _chaos_longrun
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from typing import Any
@@ -107,9 +106,7 @@ def run_side(side: Side, args: Any) -> Outcome:
             worker = side.workers[index]
             host = side.hostname(worker)
             in_flight = safe(lambda h=host: side.in_flight(h), [])
-            worker.signal_group(signal.SIGKILL)
-            if worker.process is not None:
-                worker.process.wait(10)
+            worker.kill()
             kills.append(Kill(time.time(), host, in_flight))
             say(f"{side.name}: t+{now - t0:.1f}s kill -9 {host} (running {len(in_flight)}); replacing it; "
                 f"{done}/{side.expected(ids)} done")

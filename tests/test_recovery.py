@@ -8,7 +8,6 @@ These run on PostgreSQL, the production database.
 from __future__ import annotations
 
 import re
-import signal
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -56,9 +55,7 @@ def private_redis(settings: Settings) -> Iterator[tuple[RedisServer, JobStore]]:
 
 def _kill(worker: Service) -> float:
     """kill -9 the worker's whole process group; returns when it died (epoch seconds)."""
-    worker.signal_group(signal.SIGKILL)
-    assert worker.process is not None
-    worker.process.wait(10)
+    worker.kill()
     return datetime.now(UTC).timestamp()
 
 

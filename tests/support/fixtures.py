@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -148,9 +147,7 @@ def services(tmp_path: Path, settings_env: dict[str, str]) -> Iterator[ServiceFa
             # Celery's warm shutdown takes ~2 s even when idle, and longer with a job running; nothing here checks
             # it (the tests of SIGTERM and Ctrl-C send their own), so a worker is killed: its keys carry this
             # test's prefix and its database is this test's own or emptied before the next one.
-            service.signal_group(signal.SIGKILL)
-            if service.process is not None:
-                service.process.wait(10)
+            service.kill()
         service.stop()
 
 

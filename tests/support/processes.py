@@ -73,6 +73,12 @@ class Service:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, sig)
 
+    def kill(self) -> None:
+        """kill -9 the whole process group and wait until the process has died."""
+        self.signal_group(signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait(10)
+
     def stop(self, timeout: float = 20.0) -> None:
         if self.process is None:
             return
@@ -81,8 +87,7 @@ class Service:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.signal_group(signal.SIGKILL)
-                self.process.wait(10)
+                self.kill()
         with contextlib.suppress(ProcessLookupError):  # children may outlive their parent; sweep the group
             os.killpg(self.process.pid, signal.SIGKILL)
 

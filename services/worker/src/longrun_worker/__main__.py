@@ -49,7 +49,6 @@ def main(argv: list[str]) -> int:
 
 
 def _run(argv: list[str]) -> int:
-
     from longrun_common.db import ensure_schema
     from longrun_common.keys import Keys
     from longrun_common.settings import Settings

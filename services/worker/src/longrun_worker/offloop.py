@@ -23,18 +23,19 @@ MAX_PENDING = 10_000  # calls waiting while Redis is unreachable; beyond this ne
 
 _cond = threading.Condition()
 _pending: dict[Hashable, Callable[[], None]] = {}
-_started: list[int] = []  # the pid whose thread runs the calls
+_thread_pid = 0  # the process whose off-loop thread is running (a forked child starts its own)
 
 
 def call_soon(key: Hashable, call: Callable[[], None]) -> None:
     """Run `call` soon on this process's off-loop thread; a call still pending under the same `key` is replaced."""
+    global _thread_pid
     with _cond:
         if len(_pending) >= MAX_PENDING and key not in _pending:
             log.warning("off-loop calls are not keeping up (Redis unreachable?): dropping %r", key)
             return
         _pending[key] = call
-        if _started != [os.getpid()]:
-            _started[:] = [os.getpid()]
+        if _thread_pid != os.getpid():
+            _thread_pid = os.getpid()
             threading.Thread(target=_run, name="longrun-offloop", daemon=True).start()
         _cond.notify()
 
@@ -58,7 +59,6 @@ def _after_fork_in_child() -> None:
     global _cond
     _cond = threading.Condition()
     _pending.clear()
-    _started.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
